@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   set up, export MODEL at int8, print the seed titles' similarity matrix
+#   make test   set up and run the tests (what CI runs)
+PYTHON   ?= python3
+VENV     ?= .venv
+MODEL    ?= TechWolf/JobBERT-v3
+ARTIFACT ?= artifacts/demo-int8
+# The CPU build of torch, pinned before anything that depends on torch can pull a CUDA build.
+TORCH    ?= torch==2.13.0
+PIP       = $(VENV)/bin/python -m pip --disable-pip-version-check
+
+SEED_TITLES = 'Software Engineer' '高级软件开发人员' 'Produktmanager' 'Científica de datos'
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[export,test]"
+	touch $@
+
+demo: venv
+	$(VENV)/bin/jobbert-onnx export "$(MODEL)" "$(ARTIFACT)" --precision int8 --overwrite
+	$(VENV)/bin/jobbert-onnx similarity "$(ARTIFACT)" $(SEED_TITLES)
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+	PYTHON=$(PYTHON) EXPORT_PYTHON=$(VENV)/bin/python bash tests/check_runtime_only.sh
+
+clean:
+	rm -rf $(VENV) .venv-runtime artifacts

@@ -1,0 +1,60 @@
+"""Writing the artifact folder atomically.
+
+Everything is built in a hidden staging folder beside the target and renamed into place at
+the end, so an interrupted or failed export never leaves a folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from jobbert_onnx.runtime.errors import JobbertOnnxError
+
+
+class TargetError(JobbertOnnxError):
+    """The output folder cannot be written."""
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that is a file, or a non-empty folder unless `overwrite` is set."""
+    if target.exists() and not target.is_dir():
+        raise TargetError(f"{target}: exists and is not a folder.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise TargetError(f"{target}: folder is not empty; pass --overwrite to replace it.")
+
+
+@contextmanager
+def staged_folder(target: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty staging folder; on normal exit it replaces `target`, on error it is removed."""
+    target = target.resolve()
+    check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield staging
+        check_target(target, overwrite)  # it may have changed while we worked
+        _replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    # Move the old folder aside first: a rename onto a non-empty folder fails.
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rename(target, trash / "old")
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(trash / "old", target)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""`export_model`: checkpoint -> fp32 graphs -> precision transform -> validation -> artifact."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
+
+from . import graphs
+from .artifact import check_target, staged_folder
+from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
+from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, graph_transforms
+from .probes import probe_texts
+from .source import resolve_source
+from .validation import check_thresholds, reference_embeddings, validate_artifact
+
+log = logging.getLogger(__name__)
+_VERSIONED = ("jobbert-onnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime",
+              "onnxruntime-gpu", "tokenizers")
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how. `min_cosine=None` takes the precision's default threshold."""
+
+    model: str
+    output: Path
+    precision: str = "fp32"
+    revision: str | None = None
+    opset: int = graphs.MIN_OPSET
+    overwrite: bool = False
+    validate: bool = True
+    allow_pickle: bool = False
+    min_cosine: float | None = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.opset < graphs.MIN_OPSET:
+            raise ValueError(f"opset {self.opset}: must be {graphs.MIN_OPSET} or newer")
+
+    @property
+    def threshold(self) -> float:
+        return DEFAULT_MIN_COSINE[self.precision] if self.min_cosine is None else self.min_cosine
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _tokenizer_spec(spec: CheckpointSpec, stage: Path) -> TokenizerSpec:
+    """Write the tokenizer sentence-transformers really runs, and describe how to call it.
+
+    transformers rebuilds some tokenizers from `tokenizer.json` (XLM-RoBERTa's among them) rather
+    than using the file as it is, so the artifact gets the rebuilt backend, not a copy of the file.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.transformer.path)
+    if not tokenizer.is_fast or tokenizer.pad_token_id is None:
+        raise CheckpointError(
+            f"{spec.transformer.path}: the tokenizer must be a fast tokenizer with a pad token, "
+            "so that the runtime can reproduce it with the tokenizers library."
+        )
+    (stage / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    return TokenizerSpec(
+        file="tokenizer.json",
+        max_seq_length=spec.transformer.max_seq_length,
+        do_lower_case=spec.transformer.do_lower_case,
+        pad_token_id=int(tokenizer.pad_token_id),
+        pad_token=str(tokenizer.pad_token),
+    )
+
+
+def export_model(config: ExportConfig) -> Path:
+    """Export `config.model` to an artifact folder at `config.output` and return its path."""
+    check_target(config.output, config.overwrite)  # fail before any slow work
+    source = resolve_source(config.model, config.revision)
+    spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
+    probes = probe_texts()
+    heads = list(spec.heads)
+    reference = None
+    if config.validate:
+        reference = reference_embeddings(source.path, probes, heads, routed=spec.router_kind is not None)
+
+    encoder_transform, head_transform = graph_transforms(config.precision)
+    steps = tqdm(total=3 + len(heads), desc="export", unit="graph", disable=not config.show_progress)
+    with tempfile.TemporaryDirectory(prefix="jobbert-onnx-fp32-") as scratch, \
+            staged_folder(config.output, config.overwrite) as stage:
+        fp32 = Path(scratch)
+        from .torch_modules import EncoderModule, HeadModule, PoolingModule
+
+        encoder = EncoderModule(spec.transformer)
+        graphs.export_encoder(encoder, fp32 / graphs.ENCODER_FILE, config.opset)
+        steps.update()
+        graphs.export_pooling(PoolingModule(spec.pooling), spec.transformer.hidden_size,
+                              fp32 / graphs.POOLING_FILE, config.opset)
+        steps.update()
+        pooled_dim = spec.pooling.output_dimension
+        head_entries = {}
+        for name, head in spec.heads.items():
+            graphs.export_head(HeadModule(head), pooled_dim, fp32 / graphs.head_file(name), config.opset)
+            head_entries[name] = HeadEntry(file=graphs.head_file(name), dimension=head.output_dimension(pooled_dim),
+                                           modules=[m.describe() for m in head.modules])
+            steps.update()
+        encoder_inputs = encoder.input_names
+        del encoder  # frees the PyTorch weights before the precision transforms
+
+        def place(rel: str, transform) -> dict:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            if transform is None:
+                shutil.copyfile(fp32 / rel, stage / rel)
+                return dict(UNCHANGED)
+            return transform.apply(fp32 / rel, stage / rel)
+
+        encoder_info = place(graphs.ENCODER_FILE, encoder_transform)
+        pooling_info = place(graphs.POOLING_FILE, None)
+        for name, entry in head_entries.items():
+            entry.transform = place(entry.file, head_transform)
+        tokenizer = _tokenizer_spec(spec, stage)
+        steps.update()
+
+        manifest = Manifest(
+            source=source.to_manifest(),
+            versions=_versions(),
+            opset=config.opset,
+            precision=config.precision,
+            tokenizer=tokenizer,
+            encoder=EncoderSpec(file=graphs.ENCODER_FILE, input_names=encoder_inputs,
+                                hidden_size=spec.transformer.hidden_size, transform=encoder_info),
+            pooling=PoolingSpec(file=graphs.POOLING_FILE, modes=spec.pooling.modes, dimension=pooled_dim,
+                                transform=pooling_info),
+            heads=head_entries,
+            default_head=spec.default_head,
+            validation={"performed": False, "reason": "--no-validate: the reference stack was not run"},
+        )
+        manifest.record_files(stage)
+        manifest.save(stage)
+        if reference is not None:
+            results = validate_artifact(stage, probes, reference)
+            manifest.validation = {
+                "performed": True,
+                "reference": "sentence-transformers on PyTorch (fp32, CPU)",
+                "probe_count": len(probes),
+                "min_cosine_threshold": config.threshold,
+                "heads": {head: r.to_dict() for head, r in results.items()},
+            }
+            manifest.save(stage)
+            check_thresholds(results, config.threshold, config.precision)
+        steps.close()
+    return config.output

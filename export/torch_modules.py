@@ -1,0 +1,149 @@
+"""PyTorch modules built from a `CheckpointSpec`, shaped for export: one tensor-in, tensor-out
+module per graph (encoder, pooling, each head).
+
+The pooling and head modules are written here rather than taken from sentence-transformers, so
+that export-time validation compares two independent implementations.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, DenseSpec, HeadSpec, NormalizeSpec, PoolingSpec, TransformerSpec
+
+
+def load_state_dict(path) -> dict[str, Tensor]:
+    """Weights from safetensors, or from a pickle that `read_checkpoint` already allowed."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def _encoder_inputs(spec: TransformerSpec, model: nn.Module) -> list[str]:
+    """The inputs sentence-transformers feeds: what the tokenizer emits and the model accepts."""
+    import inspect
+
+    from transformers import AutoTokenizer
+
+    emitted = AutoTokenizer.from_pretrained(spec.path).model_input_names
+    accepted = inspect.signature(model.forward).parameters
+    extra = ["token_type_ids"] if "token_type_ids" in emitted and "token_type_ids" in accepted else []
+    return ["input_ids", "attention_mask", *extra]
+
+
+class EncoderModule(nn.Module):
+    """The Hugging Face encoder, returning only the token embeddings."""
+
+    def __init__(self, spec: TransformerSpec):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(spec.path)
+        # Eager attention traces to plain ops that every onnxruntime provider runs.
+        self.model = AutoModel.from_pretrained(
+            spec.path,
+            config=config,
+            attn_implementation="eager",
+            use_safetensors=spec.weights.suffix == ".safetensors",
+        )
+        self.model.eval()
+        self.input_names = _encoder_inputs(spec, self.model)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+
+class PoolingModule(nn.Module):
+    """sentence-transformers pooling over right- or left-padded token embeddings; modes concatenate."""
+
+    def __init__(self, spec: PoolingSpec):
+        super().__init__()
+        self.modes = list(spec.modes)
+
+    def forward(self, token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+        mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+        hidden = token_embeddings.shape[-1]
+        outputs = []
+        for mode in self.modes:
+            if mode == "cls":
+                # The first attended position, which is 0 unless the batch is left-padded.
+                first = attention_mask.to(torch.int32).argmax(dim=1)
+                index = first.view(-1, 1, 1).expand(-1, 1, hidden)
+                outputs.append(torch.gather(token_embeddings, 1, index).squeeze(1))
+            elif mode == "max":
+                outputs.append(token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+            elif mode in ("mean", "mean_sqrt_len_tokens"):
+                summed = (token_embeddings * mask).sum(dim=1)
+                count = torch.clamp(mask.sum(dim=1), min=1e-9)
+                outputs.append(summed / (count if mode == "mean" else torch.sqrt(count)))
+            elif mode == "weightedmean":
+                seq_len = token_embeddings.shape[1]
+                positions = torch.arange(1, seq_len + 1, dtype=token_embeddings.dtype).view(1, -1, 1)
+                pad_lengths = attention_mask.to(torch.int32).argmax(dim=1).to(token_embeddings.dtype)
+                weights = mask * (positions - pad_lengths.view(-1, 1, 1))
+                summed = (token_embeddings * weights).sum(dim=1)
+                outputs.append(summed / torch.clamp(weights.sum(dim=1), min=1e-9))
+            elif mode == "lasttoken":
+                seq_len = token_embeddings.shape[1]
+                flipped = attention_mask.to(torch.int32).flip(1)
+                values, indices = flipped.max(dim=1)
+                indices = torch.where(values == 0, torch.full_like(indices, seq_len - 1), indices)
+                index = (seq_len - indices - 1).view(-1, 1, 1).expand(-1, 1, hidden)
+                outputs.append(torch.gather(token_embeddings * mask, 1, index).squeeze(1))
+            else:  # read_checkpoint has already refused unknown modes
+                raise CheckpointError(f"pooling mode {mode!r} is not supported")
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+
+def _activation(name: str, where: str) -> nn.Module:
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"{where}: activation {name!r} does not exist in this torch.") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CheckpointError(f"{where}: activation {name!r} is not a torch.nn.Module class.")
+    return cls()
+
+
+class DenseModule(nn.Module):
+    def __init__(self, spec: DenseSpec):
+        super().__init__()
+        self.linear = nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
+        self.activation = _activation(spec.activation, str(spec.path / "config.json"))
+        state = load_state_dict(spec.weights)
+        try:
+            self.linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(f"{spec.weights}: weights do not fit {spec.describe()} ({exc}).") from exc
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.linear(x))
+
+
+class NormalizeModule(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.normalize(x, p=2, dim=-1)
+
+
+class HeadModule(nn.Module):
+    """The modules of one route, in order; an empty route is the identity."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        layers = [DenseModule(m) if isinstance(m, DenseSpec) else NormalizeModule() for m in spec.modules
+                  if isinstance(m, (DenseSpec, NormalizeSpec))]
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, sentence_embedding: Tensor) -> Tensor:
+        x = sentence_embedding
+        for layer in self.layers:
+            x = layer(x)
+        # An identity graph still needs one node, so an empty head copies its input.
+        return x if len(self.layers) else x.clone()

@@ -1,0 +1,18 @@
+"""The lean runtime: embed texts with an exported artifact using onnxruntime, tokenizers and numpy.
+
+Nothing here imports torch, transformers, sentence-transformers or onnx.
+"""
+
+from .embedder import Embedder, similarity
+from .errors import ArtifactError, JobbertOnnxError, ProviderError, UnknownHeadError
+from .manifest import Manifest
+
+__all__ = [
+    "ArtifactError",
+    "Embedder",
+    "JobbertOnnxError",
+    "Manifest",
+    "ProviderError",
+    "UnknownHeadError",
+    "similarity",
+]

@@ -1,0 +1,211 @@
+"""`Embedder`: texts -> embeddings through an artifact's encoder, pooling and head graphs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from .errors import ArtifactError, UnknownHeadError
+from .manifest import Manifest
+from .providers import ProviderSpec, choose_providers, create_session, session_options
+from .tokenization import TextTokenizer
+
+_TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+class _Graph:
+    """One InferenceSession, checked to take exactly `inputs`, run for one output.
+
+    The output is `output` when the graph has it, else its only output (ONNX names are
+    single-assignment, so a head cannot output under its input's name).
+    """
+
+    def __init__(self, session: ort.InferenceSession, path: Path, inputs: Sequence[str], output: str) -> None:
+        declared = {i.name: i for i in session.get_inputs()}
+        outputs = {o.name: o for o in session.get_outputs()}
+        if output not in outputs and len(outputs) == 1:
+            output = next(iter(outputs))
+        if set(declared) != set(inputs) or output not in outputs:
+            raise ArtifactError(
+                f"{path}: graph has inputs {sorted(declared)} and outputs {sorted(outputs)}; "
+                f"expected inputs {sorted(inputs)} and output {output!r}."
+            )
+        self.session = session
+        self.output = output
+        self.output_shape = outputs[output].shape
+        # A float16 artifact may declare float16 inputs; `__call__` casts rather than fail.
+        self.dtypes = {name: _NUMPY_TYPES.get(i.type, np.int64) for name, i in declared.items()}
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: np.asarray(value, dtype=self.dtypes[name]) for name, value in feed.items()}
+        return self.session.run([self.output], feed)[0]
+
+
+class Embedder:
+    """Embed texts with an exported artifact folder, using only onnxruntime, tokenizers and numpy.
+
+    Args:
+        path: the artifact folder (holding `manifest.json`).
+        device: 'cpu', 'cuda' or 'cuda:<index>'; ignored when `providers` is given.
+        providers: an explicit onnxruntime providers list. The session must run on the first one,
+            unless the list includes 'CPUExecutionProvider' (then a fallback is accepted).
+        threads: onnxruntime intra-op threads per session (None: onnxruntime's default).
+
+    Every file's sha256 is checked and every graph is loaded up front. `encode` is safe to call
+    from several threads at once.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        providers: Sequence[ProviderSpec] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self._path = Path(path)
+        self._manifest = manifest = Manifest.load(self._path)
+        manifest.verify_files(self._path)
+        if manifest.default_head not in manifest.heads:
+            raise ArtifactError(
+                f"{self._path / 'manifest.json'}: default head {manifest.default_head!r} is not one of "
+                f"the heads {sorted(manifest.heads)}."
+            )
+        unknown = [n for n in manifest.encoder.input_names if n not in _TOKENIZER_OUTPUTS]
+        if unknown:
+            raise ArtifactError(
+                f"{self._path / manifest.encoder.file}: encoder inputs {unknown} cannot be produced by the "
+                f"tokenizer (it gives {list(_TOKENIZER_OUTPUTS)})."
+            )
+
+        self._tokenizer = TextTokenizer.from_file(self._path / manifest.tokenizer.file, manifest.tokenizer)
+        choice = choose_providers(device, providers)
+        options = session_options(threads)
+
+        def load(rel: str, inputs: Sequence[str], output: str) -> _Graph:
+            file = self._path / rel
+            return _Graph(create_session(file, choice, options), file, inputs, output)
+
+        self._encoder_inputs = list(manifest.encoder.input_names)
+        self._encoder = load(manifest.encoder.file, self._encoder_inputs, "token_embeddings")
+        self._pooling = load(manifest.pooling.file, ["token_embeddings", "attention_mask"], "sentence_embedding")
+        self._heads = {
+            name: load(entry.file, ["sentence_embedding"], "embedding") for name, entry in manifest.heads.items()
+        }
+        for name, graph in self._heads.items():
+            size = graph.output_shape[-1] if graph.output_shape else None
+            if isinstance(size, int) and size != manifest.heads[name].dimension:
+                raise ArtifactError(
+                    f"{self._path / manifest.heads[name].file}: head {name!r} outputs {size} dimensions "
+                    f"but the manifest says {manifest.heads[name].dimension}."
+                )
+
+    # -- description ---------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The artifact folder."""
+        return self._path
+
+    @property
+    def manifest(self) -> Manifest:
+        """The artifact's parsed manifest."""
+        return self._manifest
+
+    @property
+    def heads(self) -> list[str]:
+        """Names of the output heads (routes), in manifest order."""
+        return list(self._manifest.heads)
+
+    @property
+    def default_head(self) -> str:
+        """The head `encode` uses when none is named."""
+        return self._manifest.default_head
+
+    def dimension(self, head: str | None = None) -> int:
+        """Embedding size of `head` (default: the default head)."""
+        return self._manifest.heads[self._resolve_head(head)].dimension
+
+    def _resolve_head(self, head: str | None) -> str:
+        name = self.default_head if head is None else head
+        if name not in self._manifest.heads:
+            raise UnknownHeadError(f"head {name!r} does not exist; available heads: {', '.join(self.heads)}.")
+        return name
+
+    # -- encoding ------------------------------------------------------------------------
+    def encode(
+        self,
+        texts: Sequence[str],
+        head: str | None = None,
+        batch_size: int = 8,
+        normalize: bool = False,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed `texts` with `head` (default: the default head); returns float32 [len(texts), dim].
+
+        Texts are run longest first, like sentence-transformers, and returned in input order.
+        `normalize=True` scales each row to unit L2 norm.
+        """
+        texts = _check_texts(texts)
+        name = self._resolve_head(head)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1.")
+        out = np.zeros((len(texts), self._manifest.heads[name].dimension), dtype=np.float32)
+        if not texts:
+            return out
+
+        # Length-sorted batches carry little padding; stable sort keeps equal-length texts in order.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        head_graph = self._heads[name]
+        with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress) as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                tokens = self._tokenizer([texts[i] for i in rows])
+                token_embeddings = self._encoder({n: tokens[n] for n in self._encoder_inputs})
+                pooled = self._pooling(
+                    {"token_embeddings": token_embeddings, "attention_mask": tokens["attention_mask"]}
+                )
+                out[rows] = head_graph({"sentence_embedding": pooled})
+                bar.update(len(rows))
+
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, np.finfo(np.float32).tiny)
+        return out
+
+
+def _check_texts(texts: Sequence[str] | Iterable[str]) -> list[str]:
+    """A list of the texts, or a TypeError naming what is wrong and where."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"texts must be a list of strings, not a single {type(texts).__name__}; wrap it: encode([text])."
+        )
+    if texts is None:
+        raise TypeError("texts is None; pass a list of strings.")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a list of strings, not {type(texts).__name__}.") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            what = "None" if item is None else f"of type {type(item).__name__}"
+            raise TypeError(f"texts[{index}] is {what}; every text must be a str.")
+    return items
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix [len(a), len(b)] of two 2-D arrays; rows that are all zero give 0."""
+    dtype = np.result_type(np.asarray(a).dtype, np.asarray(b).dtype, np.float32)
+    a = np.asarray(a, dtype=dtype)
+    b = np.asarray(b, dtype=dtype)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"similarity needs two 2-D arrays with the same width, got shapes {a.shape} and {b.shape}.")
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+    return unit(a) @ unit(b).T

@@ -1,0 +1,25 @@
+"""Exceptions shared by the runtime, the exporter and the CLI.
+
+Every error carries a message a user can act on; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+
+class JobbertOnnxError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ArtifactError(JobbertOnnxError):
+    """An artifact folder is missing, incomplete, corrupt or of an unknown format."""
+
+
+class ProviderError(JobbertOnnxError):
+    """The requested onnxruntime execution provider cannot be used."""
+
+
+class UnknownHeadError(JobbertOnnxError, KeyError):
+    """A head name that the artifact does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

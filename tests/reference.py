@@ -1,0 +1,28 @@
+"""sentence-transformers on PyTorch, the reference every test compares against."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+@lru_cache(maxsize=None)
+def st_model(model_dir: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+
+
+def st_embeddings(model_dir: Path, texts: list[str], head: str = "default") -> np.ndarray:
+    """The seed recipe's numbers: stripped texts, batches of 8, route `head` (none for `default`)."""
+    kwargs = {} if head == "default" else {"task": head}
+    stripped = [t.strip() for t in texts]
+    return st_model(Path(model_dir)).encode(stripped, batch_size=8, convert_to_numpy=True, **kwargs)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
