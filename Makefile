@@ -31,4 +31,4 @@ test: venv
 	PYTHON=$(PYTHON) EXPORT_PYTHON=$(VENV)/bin/python bash tests/check_runtime_only.sh
 
 clean:
-	rm -rf $(VENV) .venv-runtime artifacts
+	rm -rf $(VENV) .venv-runtime .venv-runtime-floors artifacts

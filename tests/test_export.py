@@ -49,7 +49,7 @@ def test_parity_with_sentence_transformers(request, exported, job_titles, fixtur
         assert recorded["min_cosine"] >= THRESHOLDS[precision]
         reference = st_embeddings(model_dir, texts, head)
         cosine = cosine_rows(reference, embedder.encode(texts, head=head))
-        print(f"{fixture} {precision} {head}: min {cosine.min():.6f} mean {cosine.mean():.6f}")
+        print(f"{fixture} {precision} {head}: min {cosine.min():.7f} mean {cosine.mean():.7f}")
         assert cosine.min() >= THRESHOLDS[precision], (head, texts[int(cosine.argmin())])
 
 
@@ -292,3 +292,42 @@ def test_concurrent_encode_on_a_real_artifact(exported, job_titles):
         concurrent = list(pool.map(lambda c: embedder.encode(c, head="positive"), chunks))
     for a, b in zip(sequential, concurrent):
         np.testing.assert_array_equal(a, b)
+
+
+def test_mpnet_encoder(bert_model, tmp_path):
+    """MPNet (relative position buckets, no token_type_ids) behind the BERT fixture's tokenizer and heads."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    model = _copy(bert_model, tmp_path / "model")
+    hidden = json.loads((model / "config.json").read_text())["hidden_size"]
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=2 * hidden, max_position_embeddings=130, pad_token_id=0)
+    for stale in ("model.safetensors", "config.json"):
+        (model / stale).unlink()
+    MPNetModel(config).eval().save_pretrained(model)
+    export_model(ExportConfig(model=str(model), output=tmp_path / "out", show_progress=False))
+    manifest = Manifest.load(tmp_path / "out")
+    assert manifest.encoder.input_names == ["input_ids", "attention_mask"]
+    assert manifest.validation["heads"]["default"]["min_cosine"] >= 0.99999
+    texts = ["Data Scientist", "  Senior Nurse ", "x " * 80]
+    np.testing.assert_allclose(Embedder(tmp_path / "out").encode(texts), st_embeddings(model, texts), atol=1e-5)
+
+
+def test_hub_id_is_downloaded_and_its_revision_recorded(jobbert_asym_model, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, **kwargs):
+        calls.append((repo_id, revision))
+        return str(_copy(jobbert_asym_model, tmp_path / "hub" / "snapshots" / commit))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    export_model(ExportConfig(model="TechWolf/JobBERT-v3", revision="v3.0", output=tmp_path / "out",
+                              validate=False, show_progress=False))
+    assert calls == [("TechWolf/JobBERT-v3", "v3.0")]
+    assert Manifest.load(tmp_path / "out").source == {"model": "TechWolf/JobBERT-v3", "kind": "hub", "revision": commit}
