@@ -73,7 +73,7 @@ class NormalizeSpec:
         return "Normalize"
 
 
-HeadModule = Union[DenseSpec, NormalizeSpec]
+HeadStep = Union[DenseSpec, NormalizeSpec]
 
 
 @dataclass
@@ -81,7 +81,7 @@ class HeadSpec:
     """What follows pooling for one route (`default` when the model has no Asym/Router)."""
 
     name: str
-    modules: list[HeadModule] = field(default_factory=list)
+    modules: list[HeadStep] = field(default_factory=list)
 
     def output_dimension(self, input_dimension: int) -> int:
         dim = input_dimension
@@ -216,7 +216,7 @@ def _read_dense(folder: Path, allow_pickle: bool) -> DenseSpec:
         raise CheckpointError(f"{folder / 'config.json'}: missing {exc.args[0]!r}.") from None
 
 
-def _read_head_module(kind: str, folder: Path, allow_pickle: bool, where: str) -> HeadModule:
+def _read_head_module(kind: str, folder: Path, allow_pickle: bool, where: str) -> HeadStep:
     if kind == "Dense":
         return _read_dense(folder, allow_pickle)
     if kind == "Normalize":
@@ -224,7 +224,7 @@ def _read_head_module(kind: str, folder: Path, allow_pickle: bool, where: str) -
     raise CheckpointError(f"{where}: a {kind} module after pooling is not supported (only Dense and Normalize).")
 
 
-def _read_router(folder: Path, kind: str, allow_pickle: bool) -> tuple[dict[str, list[HeadModule]], str]:
+def _read_router(folder: Path, allow_pickle: bool) -> tuple[dict[str, list[HeadStep]], str]:
     """Routes of an Asym (legacy `config.json`) or Router (`router_config.json`) module, and the default."""
     config_path = folder / "router_config.json"
     if not config_path.is_file():
@@ -237,7 +237,7 @@ def _read_router(folder: Path, kind: str, allow_pickle: bool) -> tuple[dict[str,
         raise CheckpointError(f"{config_path}: expected 'types' and 'structure' keys.") from None
     if not structure:
         raise CheckpointError(f"{config_path}: no routes.")
-    routes: dict[str, list[HeadModule]] = {}
+    routes: dict[str, list[HeadStep]] = {}
     for route, module_ids in structure.items():
         modules = []
         for module_id in module_ids:
@@ -278,15 +278,15 @@ def read_checkpoint(root: str | Path, allow_pickle: bool = False) -> CheckpointS
     transformer = _read_transformer(kinds[0][1], allow_pickle)
     pooling = _read_pooling(kinds[1][1])
 
-    before: list[HeadModule] = []
-    after: list[HeadModule] = []
-    routes: dict[str, list[HeadModule]] | None = None
+    before: list[HeadStep] = []
+    after: list[HeadStep] = []
+    routes: dict[str, list[HeadStep]] | None = None
     default, router_kind = "default", None
     for kind, folder in kinds[2:]:
         if kind in ("Asym", "Router"):
             if routes is not None:
                 raise CheckpointError(f"{root / 'modules.json'}: more than one Asym/Router module.")
-            routes, default = _read_router(folder, kind, allow_pickle)
+            routes, default = _read_router(folder, allow_pickle)
             router_kind = kind
         else:
             (after if routes is not None else before).append(

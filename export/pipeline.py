@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -16,12 +16,11 @@ from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, Pool
 from . import graphs
 from .artifact import check_target, staged_folder
 from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
-from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, graph_transforms
+from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Fp16Options, Int8Options, graph_transforms
 from .probes import probe_texts
 from .source import resolve_source
 from .validation import check_thresholds, reference_embeddings, validate_artifact
 
-log = logging.getLogger(__name__)
 _VERSIONED = ("jobbert-onnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime",
               "onnxruntime-gpu", "tokenizers")
 
@@ -87,80 +86,99 @@ def _tokenizer_spec(spec: CheckpointSpec, stage: Path) -> TokenizerSpec:
     )
 
 
+@dataclass
+class _Fp32Graphs:
+    folder: Path
+    encoder_inputs: list[str]
+    heads: dict[str, HeadEntry]
+
+
+def _export_fp32(spec: CheckpointSpec, folder: Path, opset: int, done: Callable[[str], None]) -> _Fp32Graphs:
+    """Export the encoder, the pooling and every head as fp32 graphs into `folder`."""
+    from .torch_modules import EncoderModule, HeadModule, PoolingModule
+
+    encoder = EncoderModule(spec.transformer)
+    graphs.export_encoder(encoder, folder / graphs.ENCODER_FILE, opset)
+    done(graphs.ENCODER_FILE)
+    graphs.export_pooling(PoolingModule(spec.pooling), spec.transformer.hidden_size, folder / graphs.POOLING_FILE, opset)
+    done(graphs.POOLING_FILE)
+    pooled_dim = spec.pooling.output_dimension
+    heads = {}
+    for name, head in spec.heads.items():
+        graphs.export_head(HeadModule(head), pooled_dim, folder / graphs.head_file(name), opset)
+        heads[name] = HeadEntry(file=graphs.head_file(name), dimension=head.output_dimension(pooled_dim),
+                                modules=[m.describe() for m in head.modules])
+        done(graphs.head_file(name))
+    return _Fp32Graphs(folder, encoder.input_names, heads)
+
+
+def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None) -> dict:
+    """Copy or transform one fp32 graph into the artifact; returns what was done, for the manifest."""
+    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+    if transform is None:
+        shutil.copyfile(fp32 / rel, stage / rel)
+        return dict(UNCHANGED)
+    return transform.apply(fp32 / rel, stage / rel)
+
+
 def export_model(config: ExportConfig) -> Path:
-    """Export `config.model` to an artifact folder at `config.output` and return its path."""
+    """Export `config.model` to an artifact folder at `config.output` and return its path.
+
+    Nothing is written at `config.output` unless every step, validation included, succeeds.
+    """
     check_target(config.output, config.overwrite)  # fail before any slow work
     source = resolve_source(config.model, config.revision)
     spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
     probes = probe_texts()
-    heads = list(spec.heads)
-    reference = None
-    if config.validate:
-        reference = reference_embeddings(source.path, probes, heads, routed=spec.router_kind is not None)
+    steps = 3 + len(spec.heads) + 2 * config.validate
+    with tqdm(total=steps, desc="export", unit="step", disable=not config.show_progress) as progress:
 
-    encoder_transform, head_transform = graph_transforms(config.precision)
-    steps = tqdm(total=3 + len(heads), desc="export", unit="graph", disable=not config.show_progress)
-    with tempfile.TemporaryDirectory(prefix="jobbert-onnx-fp32-") as scratch, \
-            staged_folder(config.output, config.overwrite) as stage:
-        fp32 = Path(scratch)
-        from .torch_modules import EncoderModule, HeadModule, PoolingModule
+        def done(stage: str) -> None:
+            progress.set_postfix_str(stage)
+            progress.update()
 
-        encoder = EncoderModule(spec.transformer)
-        graphs.export_encoder(encoder, fp32 / graphs.ENCODER_FILE, config.opset)
-        steps.update()
-        graphs.export_pooling(PoolingModule(spec.pooling), spec.transformer.hidden_size,
-                              fp32 / graphs.POOLING_FILE, config.opset)
-        steps.update()
-        pooled_dim = spec.pooling.output_dimension
-        head_entries = {}
-        for name, head in spec.heads.items():
-            graphs.export_head(HeadModule(head), pooled_dim, fp32 / graphs.head_file(name), config.opset)
-            head_entries[name] = HeadEntry(file=graphs.head_file(name), dimension=head.output_dimension(pooled_dim),
-                                           modules=[m.describe() for m in head.modules])
-            steps.update()
-        encoder_inputs = encoder.input_names
-        del encoder  # frees the PyTorch weights before the precision transforms
+        reference = None
+        if config.validate:
+            reference = reference_embeddings(source.path, probes, list(spec.heads), routed=spec.router_kind is not None)
+            done("sentence-transformers reference")
 
-        def place(rel: str, transform) -> dict:
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            if transform is None:
-                shutil.copyfile(fp32 / rel, stage / rel)
-                return dict(UNCHANGED)
-            return transform.apply(fp32 / rel, stage / rel)
+        with tempfile.TemporaryDirectory(prefix="jobbert-onnx-fp32-") as scratch, \
+                staged_folder(config.output, config.overwrite) as stage:
+            fp32 = _export_fp32(spec, Path(scratch), config.opset, done)
+            encoder_transform, head_transform = graph_transforms(config.precision)
+            encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform)
+            pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
+            for entry in fp32.heads.values():
+                entry.transform = _place(fp32.folder, stage, entry.file, head_transform)
+            tokenizer = _tokenizer_spec(spec, stage)
+            done(f"{config.precision} graphs and tokenizer")
 
-        encoder_info = place(graphs.ENCODER_FILE, encoder_transform)
-        pooling_info = place(graphs.POOLING_FILE, None)
-        for name, entry in head_entries.items():
-            entry.transform = place(entry.file, head_transform)
-        tokenizer = _tokenizer_spec(spec, stage)
-        steps.update()
-
-        manifest = Manifest(
-            source=source.to_manifest(),
-            versions=_versions(),
-            opset=config.opset,
-            precision=config.precision,
-            tokenizer=tokenizer,
-            encoder=EncoderSpec(file=graphs.ENCODER_FILE, input_names=encoder_inputs,
-                                hidden_size=spec.transformer.hidden_size, transform=encoder_info),
-            pooling=PoolingSpec(file=graphs.POOLING_FILE, modes=spec.pooling.modes, dimension=pooled_dim,
-                                transform=pooling_info),
-            heads=head_entries,
-            default_head=spec.default_head,
-            validation={"performed": False, "reason": "--no-validate: the reference stack was not run"},
-        )
-        manifest.record_files(stage)
-        manifest.save(stage)
-        if reference is not None:
-            results = validate_artifact(stage, probes, reference)
-            manifest.validation = {
-                "performed": True,
-                "reference": "sentence-transformers on PyTorch (fp32, CPU)",
-                "probe_count": len(probes),
-                "min_cosine_threshold": config.threshold,
-                "heads": {head: r.to_dict() for head, r in results.items()},
-            }
+            manifest = Manifest(
+                source=source.to_manifest(),
+                versions=_versions(),
+                opset=config.opset,
+                precision=config.precision,
+                tokenizer=tokenizer,
+                encoder=EncoderSpec(file=graphs.ENCODER_FILE, input_names=fp32.encoder_inputs,
+                                    hidden_size=spec.transformer.hidden_size, transform=encoder_info),
+                pooling=PoolingSpec(file=graphs.POOLING_FILE, modes=spec.pooling.modes,
+                                    dimension=spec.pooling.output_dimension, transform=pooling_info),
+                heads=fp32.heads,
+                default_head=spec.default_head,
+                validation={"performed": False, "reason": "--no-validate: the reference stack was not run"},
+            )
+            manifest.record_files(stage)
             manifest.save(stage)
-            check_thresholds(results, config.threshold, config.precision)
-        steps.close()
+            if reference is not None:
+                results = validate_artifact(stage, probes, reference)
+                manifest.validation = {
+                    "performed": True,
+                    "reference": "sentence-transformers on PyTorch (fp32, CPU)",
+                    "probe_count": len(probes),
+                    "min_cosine_threshold": config.threshold,
+                    "heads": {head: r.to_dict() for head, r in results.items()},
+                }
+                manifest.save(stage)  # the manifest is not in its own file list, so checksums still hold
+                done("validation")
+                check_thresholds(results, config.threshold, config.precision)
     return config.output

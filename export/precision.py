@@ -6,10 +6,12 @@ describe what it did for the manifest.
 
 from __future__ import annotations
 
+import logging
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Minimum cosine against sentence-transformers, per precision (export fails below it).
@@ -65,14 +67,33 @@ class Int8Options:
         patterns = [re.compile(p) for p in self.keep_fp32_nodes]
         names = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node]
         excluded = [name for name in names if any(p.search(name) for p in patterns)]
-        quantize_dynamic(
-            str(source), str(target), weight_type=QuantType[self.weight_type], per_channel=self.per_channel,
-            reduce_range=self.reduce_range, op_types_to_quantize=list(self.op_types), nodes_to_exclude=excluded,
-            extra_options=dict(self.extra_options),
-        )
+        with _without_preprocess_hint():
+            quantize_dynamic(
+                str(source), str(target), weight_type=QuantType[self.weight_type], per_channel=self.per_channel,
+                reduce_range=self.reduce_range, op_types_to_quantize=list(self.op_types),
+                nodes_to_exclude=excluded, extra_options=dict(self.extra_options),
+            )
         return {"method": "dynamic quantization (onnxruntime.quantization.quantize_dynamic)",
                 "activation_type": "QUInt8", **asdict(self), "op_types": list(self.op_types),
                 "keep_fp32_nodes": list(self.keep_fp32_nodes), "fp32_node_count": len(excluded)}
+
+
+@contextmanager
+def _without_preprocess_hint() -> Iterator[None]:
+    """Hide quantize_dynamic's generic 'consider pre-processing' warning on the root logger.
+
+    It concerns static quantization of vision models; users would read it as a problem here.
+    """
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 UNCHANGED = {"method": "none", "dtype": "float32"}

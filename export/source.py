@@ -8,6 +8,10 @@ from pathlib import Path
 from jobbert_onnx.runtime.errors import JobbertOnnxError
 
 
+# Other runtimes' copies of the weights, which the exporter never reads.
+_IGNORED_ON_HUB = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite"]
+
+
 class SourceError(JobbertOnnxError):
     """The model could not be found locally nor fetched from the hub."""
 
@@ -42,7 +46,7 @@ def _download(repo_id: str, revision: str | None) -> ModelSource:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        path = Path(snapshot_download(repo_id, revision=revision))
+        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=_IGNORED_ON_HUB))
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise SourceError(f"{repo_id}: not found on the Hugging Face hub (revision {revision or 'main'}): {exc}") from exc
     except HFValidationError as exc:

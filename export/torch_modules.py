@@ -12,7 +12,7 @@ import importlib
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, DenseSpec, HeadSpec, NormalizeSpec, PoolingSpec, TransformerSpec
+from .checkpoint import CheckpointError, DenseSpec, HeadSpec, PoolingSpec, TransformerSpec
 
 
 def load_state_dict(path) -> dict[str, Tensor]:
@@ -137,9 +137,9 @@ class HeadModule(nn.Module):
 
     def __init__(self, spec: HeadSpec):
         super().__init__()
-        layers = [DenseModule(m) if isinstance(m, DenseSpec) else NormalizeModule() for m in spec.modules
-                  if isinstance(m, (DenseSpec, NormalizeSpec))]
-        self.layers = nn.ModuleList(layers)
+        self.layers = nn.ModuleList(
+            DenseModule(m) if isinstance(m, DenseSpec) else NormalizeModule() for m in spec.modules
+        )
 
     def forward(self, sentence_embedding: Tensor) -> Tensor:
         x = sentence_embedding

@@ -93,6 +93,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         from jobbert_onnx.export import ExportConfig, export_model
     except ImportError as exc:
         raise UsageError(f"exporting needs the [export] extra: pip install 'jobbert-onnx[export]' ({exc}).") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar, the exporter's, is enough
     config = ExportConfig(
         model=args.model, output=Path(args.out_dir), precision=args.precision, revision=args.revision,
         opset=args.opset, overwrite=args.overwrite, validate=not args.no_validate,
