@@ -197,16 +197,12 @@ def test_interrupted_export_leaves_nothing(jobbert_asym_model, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pickled_weights_need_allow_pickle(jobbert_asym_model, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-
-    model = _copy(jobbert_asym_model, tmp_path / "model")
-    torch.save(load_file(str(model / "model.safetensors")), model / "pytorch_model.bin")
-    (model / "model.safetensors").unlink()
-    config = ExportConfig(model=str(model), output=tmp_path / "out", show_progress=False)
+def test_pickled_weights_need_allow_pickle(jobbert_pickled_model, tmp_path):
+    assert not (jobbert_pickled_model / "model.safetensors").exists()
+    config = ExportConfig(model=str(jobbert_pickled_model), output=tmp_path / "out", show_progress=False)
     with pytest.raises(CheckpointError, match="allow-pickle"):
         export_model(config)
+    assert not (tmp_path / "out").exists()
     config.allow_pickle = True
     export_model(config)
     assert Manifest.load(tmp_path / "out").validation["heads"]["anchor"]["min_cosine"] >= 0.99999
