@@ -327,3 +327,43 @@ def test_hub_id_is_downloaded_and_its_revision_recorded(jobbert_asym_model, tmp_
                               validate=False, show_progress=False))
     assert calls == [("TechWolf/JobBERT-v3", "v3.0")]
     assert Manifest.load(tmp_path / "out").source == {"model": "TechWolf/JobBERT-v3", "kind": "hub", "revision": commit}
+
+
+def test_routes_with_several_modules_and_modules_after_the_router(jobbert_asym_model, tmp_path):
+    """A route of two Dense layers, a route ending in Normalize, and a Normalize after the Asym module."""
+    import torch
+    from safetensors.torch import save_file
+
+    model = _copy(jobbert_asym_model, tmp_path / "model")
+    asym_config_path = model / "2_Asym" / "config.json"
+    asym = json.loads(asym_config_path.read_text())
+    width = json.loads((model / "2_Asym" / asym["structure"]["anchor"][0] / "config.json").read_text())["out_features"]
+    extra = model / "2_Asym" / "7_Dense"
+    extra.mkdir()
+    (extra / "config.json").write_text(json.dumps({"in_features": width, "out_features": 40, "bias": False,
+                                                   "activation_function": "torch.nn.modules.linear.Identity"}))
+    torch.manual_seed(1)
+    save_file({"linear.weight": torch.randn(40, width) * 0.1}, str(extra / "model.safetensors"))
+    (model / "2_Asym" / "8_Normalize").mkdir()
+    asym["types"].update({"7_Dense": "sentence_transformers.models.Dense",
+                          "8_Normalize": "sentence_transformers.models.Normalize"})
+    asym["structure"]["anchor"].append("7_Dense")
+    asym["structure"]["positive"].append("8_Normalize")
+    asym["structure"] = {"positive": asym["structure"]["positive"], "anchor": asym["structure"]["anchor"]}
+    asym_config_path.write_text(json.dumps(asym))
+    modules = json.loads((model / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (model / "modules.json").write_text(json.dumps(modules))
+
+    export_model(ExportConfig(model=str(model), output=tmp_path / "out", show_progress=False))
+    manifest = Manifest.load(tmp_path / "out")
+    assert manifest.default_head == "positive", "without default_route, the first route in structure"
+    assert manifest.heads["anchor"].dimension == 40
+    assert manifest.heads["anchor"].modules[-2:] == ["Dense(96->40, Identity)", "Normalize"]
+    assert manifest.heads["positive"].modules[-2:] == ["Normalize", "Normalize"]
+    for head in ("anchor", "positive"):
+        assert manifest.validation["heads"][head]["min_cosine"] >= 0.99999
+    texts = ["Data Scientist", "Pflegefachkraft", "机械工程师"]
+    vectors = Embedder(tmp_path / "out").encode(texts, head="anchor")
+    np.testing.assert_allclose(vectors, st_embeddings(model, texts, "anchor"), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
