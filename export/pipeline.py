@@ -62,8 +62,8 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _tokenizer_spec(spec: CheckpointSpec, stage: Path) -> TokenizerSpec:
-    """Write the tokenizer sentence-transformers really runs, and describe how to call it.
+def _load_tokenizer(spec: CheckpointSpec):
+    """The tokenizer sentence-transformers really runs, loaded once for the whole export.
 
     transformers rebuilds some tokenizers from `tokenizer.json` (XLM-RoBERTa's among them) rather
     than using the file as it is, so the artifact gets the rebuilt backend, not a copy of the file.
@@ -76,6 +76,11 @@ def _tokenizer_spec(spec: CheckpointSpec, stage: Path) -> TokenizerSpec:
             f"{spec.transformer.path}: the tokenizer must be a fast tokenizer with a pad token, "
             "so that the runtime can reproduce it with the tokenizers library."
         )
+    return tokenizer
+
+
+def _write_tokenizer(spec: CheckpointSpec, tokenizer, stage: Path) -> TokenizerSpec:
+    """Write the tokenizer's backend as `tokenizer.json` and describe how to call it."""
     (stage / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
     return TokenizerSpec(
         file="tokenizer.json",
@@ -93,11 +98,12 @@ class _Fp32Graphs:
     heads: dict[str, HeadEntry]
 
 
-def _export_fp32(spec: CheckpointSpec, folder: Path, opset: int, done: Callable[[str], None]) -> _Fp32Graphs:
+def _export_fp32(spec: CheckpointSpec, tokenizer_outputs: list[str], folder: Path, opset: int,
+                 done: Callable[[str], None]) -> _Fp32Graphs:
     """Export the encoder, the pooling and every head as fp32 graphs into `folder`."""
     from .torch_modules import EncoderModule, HeadModule, PoolingModule
 
-    encoder = EncoderModule(spec.transformer)
+    encoder = EncoderModule(spec.transformer, tokenizer_outputs)
     graphs.export_encoder(encoder, folder / graphs.ENCODER_FILE, opset)
     done(graphs.ENCODER_FILE)
     graphs.export_pooling(PoolingModule(spec.pooling), spec.transformer.hidden_size, folder / graphs.POOLING_FILE, opset)
@@ -129,6 +135,7 @@ def export_model(config: ExportConfig) -> Path:
     check_target(config.output, config.overwrite)  # fail before any slow work
     source = resolve_source(config.model, config.revision)
     spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
+    hf_tokenizer = _load_tokenizer(spec)
     probes = probe_texts()
     steps = 3 + len(spec.heads) + 2 * config.validate
     with tqdm(total=steps, desc="export", unit="step", disable=not config.show_progress) as progress:
@@ -144,13 +151,13 @@ def export_model(config: ExportConfig) -> Path:
 
         with tempfile.TemporaryDirectory(prefix="jobbert-onnx-fp32-") as scratch, \
                 staged_folder(config.output, config.overwrite) as stage:
-            fp32 = _export_fp32(spec, Path(scratch), config.opset, done)
+            fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, Path(scratch), config.opset, done)
             encoder_transform, head_transform = graph_transforms(config.precision)
             encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform)
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
             for entry in fp32.heads.values():
                 entry.transform = _place(fp32.folder, stage, entry.file, head_transform)
-            tokenizer = _tokenizer_spec(spec, stage)
+            tokenizer = _write_tokenizer(spec, hf_tokenizer, stage)
             done(f"{config.precision} graphs and tokenizer")
 
             manifest = Manifest(

@@ -24,22 +24,22 @@ def load_state_dict(path) -> dict[str, Tensor]:
     return torch.load(str(path), map_location="cpu", weights_only=False)
 
 
-def _encoder_inputs(spec: TransformerSpec, model: nn.Module) -> list[str]:
+def _encoder_inputs(emitted: list[str], model: nn.Module) -> list[str]:
     """The inputs sentence-transformers feeds: what the tokenizer emits and the model accepts."""
     import inspect
 
-    from transformers import AutoTokenizer
-
-    emitted = AutoTokenizer.from_pretrained(spec.path).model_input_names
     accepted = inspect.signature(model.forward).parameters
     extra = ["token_type_ids"] if "token_type_ids" in emitted and "token_type_ids" in accepted else []
     return ["input_ids", "attention_mask", *extra]
 
 
 class EncoderModule(nn.Module):
-    """The Hugging Face encoder, returning only the token embeddings."""
+    """The Hugging Face encoder, returning only the token embeddings.
 
-    def __init__(self, spec: TransformerSpec):
+    `tokenizer_outputs` is the tokenizer's `model_input_names`.
+    """
+
+    def __init__(self, spec: TransformerSpec, tokenizer_outputs: list[str]):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -52,7 +52,7 @@ class EncoderModule(nn.Module):
             use_safetensors=spec.weights.suffix == ".safetensors",
         )
         self.model.eval()
-        self.input_names = _encoder_inputs(spec, self.model)
+        self.input_names = _encoder_inputs(tokenizer_outputs, self.model)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
