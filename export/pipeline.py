@@ -9,12 +9,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tqdm import tqdm
 
 from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
 
 from . import graphs
 from .artifact import check_target, staged_folder
+from .calibration import builtin_texts, read_texts
 from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
 from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Fp16Options, Int8Options, graph_transforms
 from .probes import probe_texts
@@ -38,6 +40,7 @@ class ExportConfig:
     validate: bool = True
     allow_pickle: bool = False
     min_cosine: float | None = None
+    calibration: Path | None = None  # int8: a text file, one text per line (default: built-in texts)
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -118,13 +121,26 @@ def _export_fp32(spec: CheckpointSpec, tokenizer_outputs: list[str], folder: Pat
     return _Fp32Graphs(folder, encoder.input_names, heads)
 
 
-def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None) -> dict:
+def _calibration_feeds(texts: list[str], tokenizer, spec: CheckpointSpec, input_names: list[str],
+                       batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Encoder feeds for `texts`, tokenized as the runtime will (stripped, truncated, padded)."""
+    feeds = []
+    for start in range(0, len(texts), batch_size):
+        batch = [text.strip() for text in texts[start:start + batch_size]]
+        tokens = tokenizer(batch, padding=True, truncation=True, max_length=spec.transformer.max_seq_length,
+                           return_tensors="np")
+        feeds.append({name: np.asarray(tokens[name], dtype=np.int64) for name in input_names})
+    return feeds
+
+
+def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None,
+           calibration: list[dict[str, np.ndarray]] = ()) -> dict:
     """Copy or transform one fp32 graph into the artifact; returns what was done, for the manifest."""
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
     if transform is None:
         shutil.copyfile(fp32 / rel, stage / rel)
         return dict(UNCHANGED)
-    return transform.apply(fp32 / rel, stage / rel)
+    return transform.apply(fp32 / rel, stage / rel, calibration)
 
 
 def export_model(config: ExportConfig) -> Path:
@@ -136,6 +152,9 @@ def export_model(config: ExportConfig) -> Path:
     source = resolve_source(config.model, config.revision)
     spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
     hf_tokenizer = _load_tokenizer(spec)
+    calibration_texts = None
+    if config.precision == "int8":
+        calibration_texts = read_texts(config.calibration) if config.calibration else builtin_texts()
     probes = probe_texts()
     steps = 3 + len(spec.heads) + 2 * config.validate
     with tqdm(total=steps, desc="export", unit="step", disable=not config.show_progress) as progress:
@@ -153,7 +172,11 @@ def export_model(config: ExportConfig) -> Path:
                 staged_folder(config.output, config.overwrite) as stage:
             fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, Path(scratch), config.opset, done)
             encoder_transform, head_transform = graph_transforms(config.precision)
-            encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform)
+            feeds = (_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
+                     if calibration_texts else [])
+            encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform, feeds)
+            if calibration_texts:
+                encoder_info["calibration_texts"] = str(config.calibration) if config.calibration else "built-in"
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
             for entry in fp32.heads.values():
                 entry.transform = _place(fp32.folder, stage, entry.file, head_transform)

@@ -100,6 +100,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         model=args.model, output=Path(args.out_dir), precision=args.precision, revision=args.revision,
         opset=args.opset, overwrite=args.overwrite, validate=not args.no_validate,
         allow_pickle=args.allow_pickle, min_cosine=args.min_cosine,
+        calibration=Path(args.calibration) if args.calibration else None,
     )
     out = export_model(config)
     _print_summary(out)
@@ -185,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     export.add_argument("--no-validate", action="store_true", help="skip the comparison with sentence-transformers")
     export.add_argument("--allow-pickle", action="store_true", help="allow loading pickled pytorch_model.bin weights")
-    export.add_argument("--min-cosine", type=float, help="validation threshold (default: fp32 0.99999, fp16 0.999, int8 0.98)")
+    export.add_argument("--min-cosine", type=float, help="validation threshold (default: fp32 0.99999, fp16 0.999, int8 0.99)")
+    export.add_argument("--calibration", metavar="FILE",
+                        help="int8: texts to calibrate on, one per line (default: built-in job titles and skill lists)")
     export.set_defaults(run=cmd_export)
 
     embed = commands.add_parser("embed", help="embed texts with an artifact")
