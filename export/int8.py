@@ -144,7 +144,11 @@ def smooth(model: onnx.ModelProto, maxima: dict[str, np.ndarray], alpha: float, 
 
 
 def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bits: int) -> None:
-    """Replace the MatMuls producing `matmuls` by per-token uint8 x per-channel int8 `MatMulInteger`."""
+    """Replace the MatMuls producing `matmuls` by per-token uint8 x per-channel int8 matmuls.
+
+    Each input tensor is quantized once, however many MatMuls read it (Q, K and V share theirs):
+    at batch 1 the per-node overhead, not the arithmetic, is what these extra nodes cost.
+    """
     edit = _GraphEdit(model)
     targets = set(matmuls)
     reduce_axes_as_input = _opset(model) >= 18
@@ -154,6 +158,24 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
     tiny = edit.constant("pt_tiny", np.array(1e-12, np.float32))
     zero_point = edit.constant("pt_zero_point", np.array(128, np.uint8))
     last_axis = edit.constant("pt_last_axis", np.array([-1], np.int64)) if reduce_axes_as_input else None
+    quantized_inputs: dict[str, tuple[str, str]] = {}  # tensor -> (uint8 rows, row scales)
+
+    def quantize_rows(x: str) -> list[onnx.NodeProto]:
+        """Nodes that turn `x` into uint8 rows (zero point 128) and one scale per row."""
+        p = f"{x}_per_token"
+        quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale")
+        reduce = (helper.make_node("ReduceMax", [f"{p}_abs", last_axis], [f"{p}_max"], keepdims=1)
+                  if reduce_axes_as_input else
+                  helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], axes=[-1], keepdims=1))
+        return [
+            helper.make_node("Abs", [x], [f"{p}_abs"]),
+            reduce,
+            helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
+            helper.make_node("Mul", [f"{p}_max_safe", inv127], [f"{p}_row_scale"]),
+            helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"]),
+            helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point], [f"{p}_uint8"]),
+        ]
+
     nodes = []
     for node in model.graph.node:
         if not node.output or node.output[0] not in targets:
@@ -165,21 +187,14 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
         p = node.name or node.output[0]
         w = edit.constant(f"{p}_weight_int8", quantized)
         ws = edit.constant(f"{p}_weight_scale", weight_scale.astype(np.float32))
-        x = node.input[0]
-        reduce = (helper.make_node("ReduceMax", [f"{p}_abs", last_axis], [f"{p}_max"], keepdims=1)
-                  if reduce_axes_as_input else
-                  helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], axes=[-1], keepdims=1))
+        if node.input[0] not in quantized_inputs:
+            nodes += quantize_rows(node.input[0])
+        rows, row_scale = quantized_inputs[node.input[0]]
         nodes += [
-            helper.make_node("Abs", [x], [f"{p}_abs"]),
-            reduce,
-            helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
-            helper.make_node("Mul", [f"{p}_max_safe", inv127], [f"{p}_row_scale"]),
-            helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"]),
-            helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point], [f"{p}_uint8"]),
-            helper.make_node("MatMulInteger", [f"{p}_uint8", w, zero_point], [f"{p}_int32"]),
+            helper.make_node("MatMulInteger", [rows, w, zero_point], [f"{p}_int32"]),
             helper.make_node("Cast", [f"{p}_int32"], [f"{p}_float"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{p}_float", ws], [f"{p}_column_scaled"]),
-            helper.make_node("Mul", [f"{p}_column_scaled", f"{p}_row_scale"], list(node.output)),
+            helper.make_node("Mul", [f"{p}_column_scaled", row_scale], list(node.output)),
         ]
     edit.finish(nodes)
 

@@ -54,7 +54,8 @@ class Embedder:
         device: 'cpu', 'cuda' or 'cuda:<index>'; ignored when `providers` is given.
         providers: an explicit onnxruntime providers list. The session must run on the first one,
             unless the list includes 'CPUExecutionProvider' (then a fallback is accepted).
-        threads: onnxruntime intra-op threads per session (None: onnxruntime's default).
+        threads: onnxruntime intra-op threads for the encoder (None: onnxruntime's default, one per
+            physical core). The small pooling and head graphs always run on the calling thread.
 
     Every file's sha256 is checked and every graph is loaded up front. `encode` is safe to call
     from several threads at once.
@@ -84,14 +85,17 @@ class Embedder:
 
         self._tokenizer = TextTokenizer.from_file(self._path / manifest.tokenizer.file, manifest.tokenizer)
         choice = choose_providers(device, providers)
-        options = session_options(threads)
+        # The pooling and head graphs are a mean and one small matmul: they run on the calling
+        # thread. Thread pools of their own would spin-wait beside the encoder's and, on a 2-core
+        # CPU, cost 40% of int8 throughput (bench/results/levers.md).
+        small = session_options(1)
 
-        def load(rel: str, inputs: Sequence[str], output: str) -> _Graph:
+        def load(rel: str, inputs: Sequence[str], output: str, options: ort.SessionOptions = small) -> _Graph:
             file = self._path / rel
             return _Graph(create_session(file, choice, options), file, inputs, output)
 
         self._encoder_inputs = list(manifest.encoder.input_names)
-        self._encoder = load(manifest.encoder.file, self._encoder_inputs, "token_embeddings")
+        self._encoder = load(manifest.encoder.file, self._encoder_inputs, "token_embeddings", session_options(threads))
         self._pooling = load(manifest.pooling.file, ["token_embeddings", "attention_mask"], "sentence_embedding")
         self._heads = {
             name: load(entry.file, ["sentence_embedding"], "embedding") for name, entry in manifest.heads.items()
