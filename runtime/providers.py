@@ -49,20 +49,27 @@ def _installed(distribution: str) -> bool:
 
 def _check_cuda_install(asked: str) -> None:
     """Raise `ProviderError` unless the CUDA provider can be used; `asked` names the request."""
-    both = _installed("onnxruntime") and _installed("onnxruntime-gpu")
-    if both:
+    available = ort.get_available_providers()
+    if CUDA not in available and _installed("onnxruntime") and _installed("onnxruntime-gpu"):
         # Both wheels write the same `onnxruntime` package; whichever was installed last wins,
-        # and the next upgrade of either silently swaps it.
+        # and here the CPU build did.
         raise ProviderError(
             f"{asked}: both `onnxruntime` and `onnxruntime-gpu` are installed, and they must not be "
             "installed together. Run: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
         )
-    if CUDA not in ort.get_available_providers():
+    if CUDA not in available:
         raise ProviderError(
-            f"{asked}: this onnxruntime has no {CUDA} (available: {', '.join(ort.get_available_providers())}). "
+            f"{asked}: this onnxruntime has no {CUDA} (available: {', '.join(available)}). "
             "Install the GPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu "
             "(uninstall `onnxruntime` first; the two must not be installed together)."
         )
+
+
+def cuda_device_id(session: ort.InferenceSession) -> int | None:
+    """The GPU a session runs on, or None when it runs on the CPU."""
+    if session.get_providers()[:1] != [CUDA]:
+        return None
+    return int(session.get_provider_options().get(CUDA, {}).get("device_id", 0))
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -112,6 +119,13 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
+def _device_note(choice: ProviderChoice) -> str:
+    for spec in choice.providers:
+        if not isinstance(spec, str) and spec[0] == choice.required and "device_id" in spec[1]:
+            return f" (device_id {spec[1]['device_id']})"
+    return ""
+
+
 def create_session(path: Path, choice: ProviderChoice, options: ort.SessionOptions) -> ort.InferenceSession:
     """An InferenceSession for one graph file, checked to run on `choice.required`.
 
@@ -127,7 +141,9 @@ def create_session(path: Path, choice: ProviderChoice, options: ort.SessionOptio
     actual = session.get_providers()
     if choice.required is not None and (not actual or actual[0] != choice.required):
         raise ProviderError(
-            f"{path}: asked for {choice.required} but onnxruntime runs the session on {actual} "
-            "(check the CUDA/cuDNN libraries onnxruntime-gpu needs; onnxruntime logs why it fell back)."
+            f"{path}: asked for {choice.required}{_device_note(choice)} but onnxruntime runs the session on "
+            f"{actual}. Either that GPU does not exist (nvidia-smi lists them) or the CUDA/cuDNN libraries "
+            "onnxruntime-gpu needs are missing (onnxruntime logged which above; onnxruntime.preload_dlls() "
+            "loads them from the nvidia-* wheels)."
         )
     return session
