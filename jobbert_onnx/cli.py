@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--column", help="field of a .jsonl/.csv input (default: text)")
     embed.add_argument("--output", help="write to FILE.npy or FILE.jsonl (default: JSON lines on stdout)")
     embed.add_argument("--head", help="head to use (default: the artifact's default head)")
-    embed.add_argument("--batch-size", type=int, default=8)
+    embed.add_argument("--batch-size", type=int, default=32)
     embed.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     embed.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
     embed.set_defaults(run=cmd_embed)

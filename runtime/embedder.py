@@ -163,13 +163,14 @@ class Embedder:
         self,
         texts: Sequence[str],
         head: str | None = None,
-        batch_size: int = 8,
+        batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool = False,
     ) -> np.ndarray:
         """Embed `texts` with `head` (default: the default head); returns float32 [len(texts), dim].
 
-        Texts are run longest first, like sentence-transformers, and returned in input order.
+        Texts are run longest first (by token count) and returned in input order. The default
+        batch of 32 is the CPU's best throughput in `bench/results/speed.md`; use 1 for latency.
         `normalize=True` scales each row to unit L2 norm.
         """
         texts = _check_texts(texts)
@@ -180,8 +181,10 @@ class Embedder:
         if not texts:
             return out
 
-        # Length-sorted batches carry little padding; stable sort keeps equal-length texts in order.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        # Batches of texts sorted by token count carry almost no padding: on titles mixed with
+        # skill lists, 4% padded tokens against 11% when sorted by characters (as
+        # sentence-transformers does). A stable sort keeps equal-length texts in input order.
+        order = np.argsort(-self._tokenizer.token_counts(texts), kind="stable").tolist()
         head_graph = self._heads[name]
         with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress) as bar:
             for start in range(0, len(order), batch_size):

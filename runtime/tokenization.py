@@ -58,6 +58,8 @@ class TextTokenizer:
                 tokenizer.normalizer = NormalizerSequence(normalizers)
         # Counts the special tokens, like transformers' `truncation=True, max_length=...`.
         tokenizer.enable_truncation(spec.max_seq_length, stride=0, strategy="longest_first", direction="right")
+        # An unpadded twin counts tokens, so that batches can be formed by token count.
+        self._counter = Tokenizer.from_str(tokenizer.to_str())
         tokenizer.enable_padding(direction="right", pad_id=spec.pad_token_id, pad_type_id=0, pad_token=spec.pad_token)
 
     @classmethod
@@ -74,6 +76,11 @@ class TextTokenizer:
         if self.spec.strip:
             text = text.strip()
         return _SURROGATES.sub("\ufffd", text)
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens per text after truncation, special tokens included (what a batch row costs)."""
+        encodings = self._counter.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True)
+        return np.array([len(e.ids) for e in encodings], dtype=np.int64)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch; returns int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq]."""

@@ -99,6 +99,14 @@ def test_tokenizer_ids(embedder: Embedder) -> None:
     assert tokens["token_type_ids"].tolist() == [[0] * 4] * 3
 
 
+def test_token_counts_match_the_attention_mask(embedder: Embedder) -> None:
+    # Counted as the batch will hold them: lower-cased, stripped, truncated, special tokens in.
+    texts = ["  HELLO World ", "nurse", "unknown-word", "python " * 5000, ""]
+    counts = embedder._tokenizer.token_counts(texts)
+    assert counts.tolist() == embedder._tokenizer(texts)["attention_mask"].sum(axis=1).tolist()
+    assert counts.max() == Manifest.load(embedder.path).tokenizer.max_seq_length
+
+
 def test_lowercase_prepended_once(artifact: Path) -> None:
     from tokenizers import Tokenizer
     from tokenizers.normalizers import Lowercase, Sequence
