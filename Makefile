@@ -1,6 +1,9 @@
 # The two commands of the README:
 #   make demo   set up, export MODEL at int8, print the seed titles' similarity matrix
 #   make test   set up and run the tests (what CI runs)
+# And the benchmarks (README, "Benchmarks"):
+#   make bench DATA=<job-title-similarity folder>    speed, quality, then the report
+#   make levers DATA=<job-title-similarity folder>   what each speed/accuracy lever does
 PYTHON   ?= python3
 VENV     ?= .venv
 MODEL    ?= TechWolf/JobBERT-v3
@@ -11,7 +14,7 @@ PIP       = $(VENV)/bin/python -m pip --disable-pip-version-check
 
 SEED_TITLES = 'Software Engineer' '高级软件开发人员' 'Produktmanager' 'Científica de datos'
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench levers clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[export,test]"
+	$(PIP) install -q -e ".[export,test,bench]"
 	touch $@
 
 demo: venv
@@ -29,6 +32,16 @@ demo: venv
 test: venv
 	$(VENV)/bin/python -m pytest -q
 	PYTHON=$(PYTHON) EXPORT_PYTHON=$(VENV)/bin/python bash tests/check_runtime_only.sh
+
+bench: venv
+	@test -n "$(DATA)" || { echo "make bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
+	$(VENV)/bin/python -m bench.speed --data "$(DATA)"
+	$(VENV)/bin/python -m bench.quality --data "$(DATA)"
+	$(VENV)/bin/python -m bench.report
+
+levers: venv
+	@test -n "$(DATA)" || { echo "make levers: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
+	$(VENV)/bin/python -m bench.levers --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) .venv-runtime .venv-runtime-floors artifacts

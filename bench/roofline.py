@@ -1,0 +1,70 @@
+"""The CPU's matrix-multiply rate through onnxruntime at the encoder's own shapes.
+
+One graph per precision holds a whole encoder layer's weight matmuls (Q, K, V, attention output,
+FFN in, FFN out) on a [rows, hidden] input. fp32 uses MatMul; int8 uses the same uint8 x int8
+`MatMulInteger` with 7-bit weights as the int8 artifacts. Its rate is the most this CPU gives
+onnxruntime for the encoder's work; the benchmark reports the model's achieved rate against it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def layer_shapes(hidden: int, ffn: int) -> list[tuple[int, int]]:
+    """(in, out) of one transformer layer's weight matmuls."""
+    return [(hidden, hidden)] * 4 + [(hidden, ffn), (ffn, hidden)]
+
+
+def _layer_graph(shapes: list[tuple[int, int]], precision: str) -> bytes:
+    rng = np.random.default_rng(0)
+    nodes, inits, inputs, outputs = [], [], [], []
+    for i, (k, n) in enumerate(shapes):
+        if precision == "fp32":
+            inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["rows", k]))
+            inits.append(numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32), f"w{i}"))
+            nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
+            outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", n]))
+        else:
+            inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.UINT8, ["rows", k]))
+            inits.append(numpy_helper.from_array(rng.integers(-63, 64, size=(k, n)).astype(np.int8), f"w{i}"))
+            nodes.append(helper.make_node("MatMulInteger", [f"x{i}", f"w{i}", "zp"], [f"y{i}"]))
+            outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.INT32, ["rows", n]))
+    if precision != "fp32":
+        inits.append(numpy_helper.from_array(np.array(128, np.uint8), "zp"))
+    graph = helper.make_graph(nodes, "layer", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def matmul_rate(precision: str, rows: int, hidden: int = 768, ffn: int = 3072, seconds: float = 2.0,
+                threads: int | None = None) -> float:
+    """Best-of-runs operations per second (2 per multiply-add) of one layer's matmuls on `rows` tokens."""
+    shapes = layer_shapes(hidden, ffn)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(_layer_graph(shapes, precision), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    feed = {f"x{i}": (rng.normal(size=(rows, k)).astype(np.float32) if precision == "fp32"
+                      else rng.integers(0, 256, size=(rows, k)).astype(np.uint8))
+            for i, (k, _) in enumerate(shapes)}
+    ops = 2 * rows * sum(k * n for k, n in shapes)
+    session.run(None, feed)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return ops / best
+
+
+def encoder_ops_per_token(layers: int, hidden: int, ffn: int, sequence: float) -> float:
+    """Multiply-add operations (x2) per token of an encoder: weight matmuls plus attention's two
+    activation matmuls over `sequence` positions."""
+    weights = sum(k * n for k, n in layer_shapes(hidden, ffn))
+    attention = 2 * sequence * hidden
+    return 2 * layers * (weights + attention)
