@@ -15,7 +15,7 @@ from tqdm import tqdm
 from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
 
 from . import graphs
-from .artifact import check_target, staged_folder
+from .artifact import check_target, externalize_weights, staged_folder
 from .calibration import builtin_texts, read_texts
 from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
 from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Fp16Options, Int8Options, graph_transforms
@@ -175,6 +175,7 @@ def export_model(config: ExportConfig) -> Path:
             feeds = (_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
                      if calibration_texts else [])
             encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform, feeds)
+            externalize_weights(stage / graphs.ENCODER_FILE)
             if calibration_texts:
                 encoder_info["calibration_texts"] = str(config.calibration) if config.calibration else "built-in"
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)

@@ -76,7 +76,7 @@ def test_jobbert_heads_and_manifest(exported, jobbert_asym_model, jobbert_router
         assert manifest.tokenizer.max_seq_length == 64 and manifest.tokenizer.do_lower_case is False
         assert manifest.opset >= 17 and manifest.format_version == 1
         assert {"torch", "transformers", "sentence-transformers", "onnx", "onnxruntime"} <= set(manifest.versions)
-        assert set(manifest.files) == {"encoder.onnx", "pooling.onnx", "heads/anchor.onnx", "heads/positive.onnx",
+        assert set(manifest.files) == {"encoder.onnx", "encoder.onnx.data", "pooling.onnx", "heads/anchor.onnx", "heads/positive.onnx",
                                        "tokenizer.json"}
     embedder = Embedder(exported("jobbert_asym_model", "fp32"))
     anchor = embedder.encode(["Data Scientist"], head="anchor")
@@ -126,8 +126,28 @@ def test_precision_transforms_are_recorded(exported):
     int8_ops = {n.op_type for n in onnx.load(str(exported("jobbert_asym_model", "int8") / "encoder.onnx")).graph.node}
     assert "MatMulInteger" in int8_ops and "MatMul" in int8_ops  # attention's activation x activation stays fp32
     assert "DynamicQuantizeLinear" not in int8_ops  # per-tensor activation scales would break batch invariance
-    assert (exported("jobbert_asym_model", "fp16") / "encoder.onnx").stat().st_size < \
-        0.6 * (exported("jobbert_asym_model", "fp32") / "encoder.onnx").stat().st_size
+    def encoder_bytes(precision: str) -> int:
+        return sum(f.stat().st_size for f in exported("jobbert_asym_model", precision).glob("encoder.onnx*"))
+
+    assert encoder_bytes("fp16") < 0.6 * encoder_bytes("fp32")
+
+
+def test_encoder_weights_are_external_and_readable(exported, tmp_path):
+    import os
+    import stat
+
+    folder = exported("jobbert_asym_model", "int8")
+    weights = folder / "encoder.onnx.data"
+    graph = onnx.load(str(folder / "encoder.onnx"), load_external_data=False).graph
+    inline = [i.name for i in graph.initializer
+              if i.data_location != onnx.TensorProto.EXTERNAL and len(i.SerializeToString()) > 2048]
+    assert inline == [] and weights.stat().st_size > 100_000
+    assert "encoder.onnx.data" in Manifest.load(folder).files  # so its sha256 is checked at load
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, weights, folder / "heads"):
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_batch_invariance_fp32(exported, job_titles):
