@@ -122,3 +122,19 @@ def test_verify_names_a_damaged_file(exported, tmp_path):
 def test_debug_shows_traceback(exported):
     result = cli("--debug", "embed", exported("jobbert_asym_model", "fp32"), "x", "--head", "nope")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_int8_export_with_calibration_file_and_opset_18(jobbert_asym_model, tmp_path):
+    # opset 18 takes ReduceMax's axes as an input: the int8 rewrite must follow.
+    texts = tmp_path / "my-titles.txt"
+    texts.write_text("Pflegefachkraft\nData Engineer\n", encoding="utf-8")
+    out = tmp_path / "artifact"
+    result = cli("export", jobbert_asym_model, out, "--precision", "int8", "--opset", "18", "--calibration", texts)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["opset"] == 18 and manifest["encoder"]["transform"]["calibration_texts"] == str(texts)
+    assert manifest["validation"]["heads"]["anchor"]["min_cosine"] >= 0.99
+    missing = cli("export", jobbert_asym_model, tmp_path / "other", "--precision", "int8",
+                  "--calibration", tmp_path / "nope.txt")
+    assert_one_line_error(missing, "nope.txt")
+    assert not (tmp_path / "other").exists()
