@@ -66,5 +66,6 @@ def check_thresholds(results: dict[str, HeadParity], min_cosine: float, precisio
         detail = "; ".join(f"head {h!r} min cosine {r.min_cosine:.6f}" for h, r in failed.items())
         raise ValidationError(
             f"{precision} export does not match sentence-transformers: {detail} (threshold {min_cosine}). "
-            "No artifact was written."
+            "No artifact was written. To accept it, pass --min-cosine"
+            + ("; to calibrate int8 on your own texts, --calibration FILE." if precision == "int8" else ".")
         )

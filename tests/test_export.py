@@ -203,7 +203,7 @@ def test_non_empty_target_is_refused_then_overwritten(exported, jobbert_asym_mod
 def test_failed_validation_leaves_no_artifact(jobbert_asym_model, tmp_path):
     config = ExportConfig(model=str(jobbert_asym_model), output=tmp_path / "out", precision="int8",
                           min_cosine=1.0 + 1e-9, show_progress=False)
-    with pytest.raises(ValidationError, match="min cosine"):
+    with pytest.raises(ValidationError, match="min cosine.*--min-cosine; to calibrate int8 on your own texts"):
         export_model(config)
     assert list(tmp_path.iterdir()) == []
 
