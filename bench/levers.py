@@ -138,7 +138,8 @@ def _recipes() -> dict:
 
     def ours(**changes):
         def make(src: Path, dst: Path, feeds) -> None:
-            Int8Options(**changes).apply(src, dst, feeds)
+            model, _ = Int8Options(**changes).apply(onnx.load(str(src)), feeds)
+            onnx.save(model, str(dst))
         return make
 
     return {

@@ -54,8 +54,8 @@ def _usual_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def externalize_weights(graph: Path) -> None:
-    """Move a graph's weights into `<graph>.data` beside it.
+def save_graph(model, path: Path, external_weights: bool) -> None:
+    """Write an ONNX graph; with `external_weights`, its weights go to `<path>.data` beside it.
 
     onnxruntime memory-maps external weights instead of copying them out of the protobuf, so a
     process holds each weight once and only the vocabulary rows its texts use: the
@@ -64,10 +64,12 @@ def externalize_weights(graph: Path) -> None:
     """
     import onnx
 
-    model = onnx.load(str(graph))
-    data = graph.with_name(graph.name + ".data")
+    if not external_weights:
+        onnx.save(model, str(path))
+        return
+    data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
-    onnx.save(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location=data.name, size_threshold=1024)
 
 

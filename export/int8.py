@@ -87,11 +87,12 @@ def matmul_inputs(model: onnx.ModelProto, matmuls: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.output and n.output[0] in wanted))
 
 
-def channel_maxima(model_path: Path, tensors: Sequence[str], batches: Iterable[Feed]) -> dict[str, np.ndarray]:
+def channel_maxima(source: onnx.ModelProto, tensors: Sequence[str], batches: Iterable[Feed]) -> dict[str, np.ndarray]:
     """Max |x| per last-axis channel of each named tensor over the real (unpadded) tokens of `batches`."""
     import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
+    model = onnx.ModelProto()
+    model.CopyFrom(source)  # the named tensors become extra outputs of a copy
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors if t not in known)
     with tempfile.TemporaryDirectory(prefix="jobbert-onnx-calibrate-") as scratch:

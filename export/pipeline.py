@@ -15,7 +15,7 @@ from tqdm import tqdm
 from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
 
 from . import graphs
-from .artifact import check_target, externalize_weights, staged_folder
+from .artifact import check_target, save_graph, staged_folder
 from .calibration import builtin_texts, read_texts
 from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
 from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Fp16Options, Int8Options, graph_transforms
@@ -134,13 +134,20 @@ def _calibration_feeds(texts: list[str], tokenizer, spec: CheckpointSpec, input_
 
 
 def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None,
-           calibration: list[dict[str, np.ndarray]] = ()) -> dict:
-    """Copy or transform one fp32 graph into the artifact; returns what was done, for the manifest."""
+           calibration: list[dict[str, np.ndarray]] = (), external_weights: bool = False) -> dict:
+    """Copy or transform one fp32 graph into the artifact, writing it once; returns what was
+    done, for the manifest."""
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-    if transform is None:
+    if transform is None and not external_weights:
         shutil.copyfile(fp32 / rel, stage / rel)
         return dict(UNCHANGED)
-    return transform.apply(fp32 / rel, stage / rel, calibration)
+    import onnx
+
+    model, info = onnx.load(str(fp32 / rel)), dict(UNCHANGED)
+    if transform is not None:
+        model, info = transform.apply(model, calibration)
+    save_graph(model, stage / rel, external_weights)
+    return info
 
 
 def export_model(config: ExportConfig) -> Path:
@@ -174,8 +181,8 @@ def export_model(config: ExportConfig) -> Path:
             encoder_transform, head_transform = graph_transforms(config.precision)
             feeds = (_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
                      if calibration_texts else [])
-            encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform, feeds)
-            externalize_weights(stage / graphs.ENCODER_FILE)
+            encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform, feeds,
+                                  external_weights=True)
             if calibration_texts:
                 encoder_info["calibration_texts"] = str(config.calibration) if config.calibration else "built-in"
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)

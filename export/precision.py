@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # onnx is imported only where a transform runs
+    from onnx import ModelProto
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Minimum cosine against sentence-transformers, per precision (export fails below it).
@@ -26,16 +28,12 @@ class Fp16Options:
 
     keep_fp32_ops: tuple[str, ...] = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
 
-    def apply(self, source: Path, target: Path, calibration: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
-        """Write the fp16 graph of `source` to `target` (`calibration` is unused: fp16 needs none)."""
-        import onnx
+    def apply(self, model: ModelProto, calibration: Iterable[dict[str, Any]] = ()) -> tuple[ModelProto, dict[str, Any]]:
+        """The fp16 graph of `model`, and what was done (`calibration` is unused: fp16 needs none)."""
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(
-            onnx.load(str(source)), keep_io_types=True, op_block_list=list(self.keep_fp32_ops)
-        )
-        onnx.save(model, str(target))
-        return {"method": "fp16 cast (onnxruntime.transformers.float16)", "keep_io_types": True,
+        model = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(self.keep_fp32_ops))
+        return model, {"method": "fp16 cast (onnxruntime.transformers.float16)", "keep_io_types": True,
                 "fp32_ops": list(self.keep_fp32_ops)}
 
 
@@ -54,24 +52,21 @@ class Int8Options:
     embedding_min_rows: int = 1024
     keep_fp32_nodes: tuple[str, ...] = ()
 
-    def apply(self, source: Path, target: Path, calibration: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
-        """Write the int8 graph of `source` to `target`; `calibration` holds encoder feeds of real texts."""
-        import onnx
-
+    def apply(self, model: ModelProto, calibration: Iterable[dict[str, Any]] = ()) -> tuple[ModelProto, dict[str, Any]]:
+        """The int8 graph of `model` (edited in place), and what was done; `calibration` holds
+        encoder feeds of real texts."""
         from . import int8
 
-        model = onnx.load(str(source))
         matmuls = int8.quantizable_matmuls(model, self.keep_fp32_nodes)
         batches = 0
         if self.alpha is not None:
             feeds = list(calibration)
             batches = len(feeds)
-            maxima = int8.channel_maxima(source, int8.matmul_inputs(model, matmuls), feeds)
+            maxima = int8.channel_maxima(model, int8.matmul_inputs(model, matmuls), feeds)
             int8.smooth(model, maxima, self.alpha, matmuls)
         int8.per_token_matmuls(model, matmuls, self.weight_bits)
         tables = int8.int8_embedding_tables(model, self.embedding_min_rows)
-        onnx.save(model, str(target))
-        return {"method": "SmoothQuant + per-token dynamic int8 MatMulInteger (jobbert_onnx.export.int8)",
+        return model, {"method": "SmoothQuant + per-token dynamic int8 MatMulInteger (jobbert_onnx.export.int8)",
                 **asdict(self), "keep_fp32_nodes": list(self.keep_fp32_nodes), "int8_matmuls": len(matmuls),
                 "int8_embedding_tables": tables, "calibration_batches": batches}
 
