@@ -122,12 +122,13 @@ def smooth(model: onnx.ModelProto, maxima: dict[str, np.ndarray], alpha: float, 
             by_input.setdefault(node.input[0], []).append(node)
     scales = {}
     for tensor, consumers in by_input.items():
-        weight_max = np.max([np.abs(_matmul_weight(n, edit.initializers)).max(axis=1) for n in consumers], axis=0)
+        weights = [_matmul_weight(n, edit.initializers) for n in consumers]
+        weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         scale = np.maximum(maxima[tensor], 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
         scales[tensor] = np.clip(scale, 1e-4, 1e4).astype(np.float32)
-        for node in consumers:  # Q, K and V share their input, hence one scale for all three
-            weight = _matmul_weight(node, edit.initializers) * scales[tensor][:, None]
-            node.input[1] = edit.constant(f"{node.output[0]}_weight_smoothed", weight.astype(np.float32))
+        for node, weight in zip(consumers, weights):  # Q, K and V share their input: one scale for all three
+            smoothed = (weight * scales[tensor][:, None]).astype(np.float32)
+            node.input[1] = edit.constant(f"{node.output[0]}_weight_smoothed", smoothed)
             node.input[0] = f"{tensor}_smoothed"
     muls = {
         tensor: helper.make_node("Mul", [tensor, edit.constant(f"{tensor}_smooth_inverse", 1.0 / scale)],
