@@ -21,9 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
 from bench.machine import machine_info
+from bench.measure import cosine_rows, rate
 from bench.reference_model import build_reference_model
 from bench.workload import load_tasks, skill_lists, unique_titles
 
@@ -32,22 +31,6 @@ BATCHES = (1, 32, 256)
 
 def _log(message: str) -> None:
     print(f"[gpu] {message}", flush=True)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-def _rate(encode, texts: list[str], batch: int, repeats: int = 3) -> float:
-    """Median titles/s over `repeats` timed runs after one warm-up."""
-    encode(texts[: max(batch, 8)], batch)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        encode(texts, batch)
-        rates.append(len(texts) / (time.perf_counter() - start))
-    return float(np.median(rates))
 
 
 def main() -> int:
@@ -92,7 +75,7 @@ def main() -> int:
         gpu = Embedder(artifact, device="cuda")
         parity[precision] = {}
         for name, texts, head in (("titles", titles[:512], "anchor"), ("skills", skills, "positive")):
-            cosine = _cosine(cpu.encode(texts, head=head, batch_size=32), gpu.encode(texts, head=head, batch_size=32))
+            cosine = cosine_rows(cpu.encode(texts, head=head, batch_size=32), gpu.encode(texts, head=head, batch_size=32))
             parity[precision][name] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
         _log(f"parity {precision}: {parity[precision]}")
     result["steps"]["parity_cuda_vs_cpu"] = parity
@@ -117,7 +100,7 @@ def main() -> int:
         "onnx-fp16 cuda, no I/O binding": Embedder(artifacts["fp16"], device="cuda", io_binding=False),
     }
     for name, embedder in variants.items():
-        throughput[name] = {str(b): _rate(lambda t, b, e=embedder: e.encode(t, head="anchor", batch_size=b),
+        throughput[name] = {str(b): rate(lambda t, b, e=embedder: e.encode(t, head="anchor", batch_size=b),
                                           titles[:256] if b == 1 else titles, b) for b in BATCHES}
         _log(f"{name}: {throughput[name]}")
         save()
@@ -129,7 +112,7 @@ def main() -> int:
         st = SentenceTransformer(str(model), device="cuda")
         if half:
             st.half()
-        throughput[label] = {str(b): _rate(lambda t, b: st.encode(t, batch_size=b, task="anchor"),
+        throughput[label] = {str(b): rate(lambda t, b: st.encode(t, batch_size=b, task="anchor"),
                                            titles[:256] if b == 1 else titles, b) for b in BATCHES}
         _log(f"{label}: {throughput[label]}")
         del st

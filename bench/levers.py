@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from bench.machine import machine_info
+from bench.measure import cosine_rows, p50_ms, rate
 from bench.speed import HERE, prepare_artifacts, write_atomic
 from bench.reference_model import build_reference_model
 from bench.workload import DataError, load_tasks, skill_lists, unique_titles
@@ -63,31 +64,6 @@ class EncoderRunner:
             for row, vector in zip(rows, pooled):
                 out[row] = vector
         return np.stack(out)
-
-
-def rate(fn, texts: list[str], batch: int, repeats: int = 3) -> float:
-    """Median texts/s of `fn(texts, batch)` over `repeats` runs after a warm-up."""
-    fn(texts[:32], batch)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(texts, batch)
-        rates.append(len(texts) / (time.perf_counter() - start))
-    return float(np.median(rates))
-
-
-def p50_ms(fn, texts: list[str], count: int = 100) -> float:
-    times = []
-    for text in texts[:count]:
-        start = time.perf_counter()
-        fn([text], 1)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def options(**settings) -> ort.SessionOptions:
