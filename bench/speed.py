@@ -30,6 +30,7 @@ import numpy as np
 
 from bench import roofline
 from bench.machine import machine_info
+from bench.measure import cosine_rows
 from bench.reference_model import XLMR_BASE, build_reference_model
 from bench.workload import DataError, load_tasks, skill_lists, unique_titles
 
@@ -112,10 +113,11 @@ class Worker:
 
 
 # -- token accounting for the roofline ----------------------------------------------------------
-def padded_tokens(lengths_by_text: list[int], texts: list[str], batch: int) -> tuple[int, float]:
-    """Tokens the encoder computes (padding included) with length-sorted batches, and the
-    attention work's mean sequence length weighted by tokens."""
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+def padded_tokens(lengths_by_text: list[int], batch: int) -> tuple[int, float]:
+    """Tokens the encoder computes (padding included) with the runtime's batches, sorted by token
+    count as `Embedder.encode` sorts them, and the attention work's mean sequence length
+    weighted by tokens."""
+    order = sorted(range(len(lengths_by_text)), key=lambda i: -lengths_by_text[i])  # stable, as np.argsort
     total, weighted = 0, 0.0
     for start in range(0, len(order), batch):
         rows = order[start:start + batch]
@@ -135,8 +137,26 @@ def batch_invariance(artifact: Path, titles: list[str], count: int = 100) -> flo
     probes = titles[:count]
     alone = embedder.encode(probes, batch_size=1)
     batched = np.concatenate([embedder.encode([*longest, t], batch_size=32)[-1:] for t in probes])
-    cosine = (alone * batched).sum(1) / (np.linalg.norm(alone, axis=1) * np.linalg.norm(batched, axis=1))
-    return float(cosine.min())
+    return float(cosine_rows(alone, batched).min())
+
+
+def achieved_rates(throughput: dict[str, dict[str, float]], lengths: list[int],
+                   peaks: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each ONNX variant's encoder operations per second at each batch size, and its share of
+    the matmul peak of its precision (fp16 against fp32's), from titles/s over `lengths`."""
+    hidden, ffn, layers = XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"], XLMR_BASE["num_hidden_layers"]
+    achieved = {}
+    for name, rates in throughput.items():
+        if name == "pytorch":
+            continue
+        peak = peaks["int8" if name.endswith("int8") else "fp32"]
+        achieved[name] = {}
+        for batch, titles_per_second in rates.items():
+            tokens, sequence = padded_tokens(lengths, int(batch))
+            ops = tokens * roofline.encoder_ops_per_token(layers, hidden, ffn, sequence)
+            ops_per_second = ops * titles_per_second / len(lengths)
+            achieved[name][batch] = {"ops_per_second": ops_per_second, "fraction_of_peak": ops_per_second / peak}
+    return achieved
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -205,29 +225,18 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
             continue
         fidelity[name] = {}
         for kind in ("titles", "skills"):
-            got = np.load(scratch / f"{name}-{kind}.npy").astype(np.float64)
-            ref = reference[kind].astype(np.float64)
-            cosine = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+            cosine = cosine_rows(reference[kind], np.load(scratch / f"{name}-{kind}.npy"))
             fidelity[name][kind] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
 
     _log("measuring batch invariance at int8")
     invariance = batch_invariance(artifacts["int8"], all_titles)
 
     _log("measuring the matmul roofline")
-    hidden, ffn, layers = XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"], XLMR_BASE["num_hidden_layers"]
-    rows = [padded_tokens(workload_lengths, titles, b)[0] // max(1, -(-len(titles) // b)) for b in (8, 32, 128)]
+    hidden, ffn = XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"]
+    rows = [padded_tokens(workload_lengths, b)[0] // max(1, -(-len(titles) // b)) for b in (8, 32, 128)]
     peaks = {p: max(roofline.matmul_rate(p, r, hidden, ffn) for r in rows) for p in ("fp32", "int8")}
-    achieved = {}
-    for name in variants:
-        if name == "pytorch":
-            continue
-        peak = peaks["int8" if name.endswith("int8") else "fp32"]
-        achieved[name] = {}
-        for batch, rates in throughput[name].items():
-            tokens, sequence = padded_tokens(workload_lengths, titles, batch)
-            ops = tokens * roofline.encoder_ops_per_token(layers, hidden, ffn, sequence)
-            ops_per_second = ops * statistics.median(rates) / len(titles)
-            achieved[name][batch] = {"ops_per_second": ops_per_second, "fraction_of_peak": ops_per_second / peak}
+    medians = {name: {str(b): statistics.median(v) for b, v in rates.items()} for name, rates in throughput.items()}
+    achieved = achieved_rates(medians, workload_lengths, peaks)
 
     median = statistics.median
     return {
@@ -246,7 +255,7 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
         },
         "threads": "library defaults (PyTorch: torch.get_num_threads(); onnxruntime: one per physical core)",
         "artifact_mb": {f"onnx-{p}": folder_mb(a) for p, a in artifacts.items()},
-        "throughput": {name: {str(b): median(v) for b, v in sorted(rates.items())} for name, rates in throughput.items()},
+        "throughput": medians,
         "throughput_runs": {name: {str(b): v for b, v in rates.items()} for name, rates in throughput.items()},
         "skill_lists_per_second": {name: median(v) for name, v in skills_rate.items()},
         "latency_ms": {name: {k: median(v) for k, v in values.items()} for name, values in latency.items()},
@@ -255,8 +264,7 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
         "peak_rss_mb": peak_rss,
         "fidelity_vs_pytorch": fidelity,
         "int8_batch_invariance_min_cosine": invariance,
-        "roofline": {"peak_ops_per_second": peaks, "rows_tried": rows,
-                     "achieved": {n: {str(b): v for b, v in a.items()} for n, a in achieved.items()}},
+        "roofline": {"peak_ops_per_second": peaks, "rows_tried": rows, "achieved": achieved},
     }
 
 

@@ -42,11 +42,10 @@ def test_workload_errors_name_the_file(tmp_path: Path) -> None:
         load_tasks(tmp_path, ("en", "de"))
 
 
-def test_padded_tokens_follow_length_sorted_batches() -> None:
-    texts = ["aaaa", "b", "cc", "ddd"]  # sorted by characters: aaaa ddd cc b
-    lengths = [5, 2, 3, 4]
-    tokens, sequence = speed.padded_tokens(lengths, texts, 2)
-    assert tokens == 2 * 5 + 2 * 3  # (aaaa, ddd) padded to 5, (cc, b) padded to 3
+def test_padded_tokens_follow_token_sorted_batches() -> None:
+    lengths = [2, 5, 3, 4]  # sorted by tokens, as the runtime batches them: 5 4 | 3 2
+    tokens, sequence = speed.padded_tokens(lengths, 2)
+    assert tokens == 2 * 5 + 2 * 3  # (5, 4) padded to 5, (3, 2) padded to 3
     assert sequence == pytest.approx((2 * 25 + 2 * 9) / 16)
 
 
