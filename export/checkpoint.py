@@ -155,11 +155,6 @@ def _read_transformer(folder: Path, allow_pickle: bool) -> TransformerSpec:
         if not candidates:
             raise CheckpointError(f"{st_config_path}: no max_seq_length, and none can be derived from the tokenizer.")
         max_len = min(candidates)
-    if not (folder / "tokenizer.json").is_file():
-        raise CheckpointError(
-            f"{folder / 'tokenizer.json'}: missing. The runtime needs a fast-tokenizer file; "
-            "re-save the tokenizer with transformers (AutoTokenizer(...).save_pretrained) to create it."
-        )
     hidden = hf_config.get("hidden_size") or hf_config.get("d_model")
     if not isinstance(hidden, int):
         raise CheckpointError(f"{folder / 'config.json'}: no hidden_size.")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +67,15 @@ class _GraphEdit:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         used = {name for node in nodes for name in node.input} | {o.name for o in self.graph.output}
-        kept = [i for i in self.graph.initializer if i.name in used] + self.added
+        kept = [i for i in [*self.graph.initializer, *self.added] if i.name in used]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
+
+
+def one_sided(extremes: dict[str, tuple[float, float]], tensors: Iterable[str], ratio: float = 0.25) -> set[str]:
+    """The tensors whose calibration values are mostly one-sided (min >= -ratio * max, as after
+    GELU or ReLU): the inputs where asymmetric rows gain almost a bit."""
+    return {t for t in tensors if t in extremes and extremes[t][1] > 0 and extremes[t][0] >= -ratio * extremes[t][1]}
 
 
 def quantizable_matmuls(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> list[str]:
@@ -87,8 +93,10 @@ def matmul_inputs(model: onnx.ModelProto, matmuls: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.output and n.output[0] in wanted))
 
 
-def channel_maxima(source: onnx.ModelProto, tensors: Sequence[str], batches: Iterable[Feed]) -> dict[str, np.ndarray]:
-    """Max |x| per last-axis channel of each named tensor over the real (unpadded) tokens of `batches`."""
+def channel_maxima(source: onnx.ModelProto, tensors: Sequence[str], batches: Iterable[Feed],
+                   extremes: dict[str, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+    """Max |x| per last-axis channel of each named tensor over the real (unpadded) tokens of `batches`;
+    the signed (min, max) of each tensor go into `extremes` when it is given."""
     import onnxruntime as ort
 
     model = onnx.ModelProto()
@@ -103,8 +111,11 @@ def channel_maxima(source: onnx.ModelProto, tensors: Sequence[str], batches: Ite
         for feed in batches:
             real = feed["attention_mask"].astype(bool)
             for name, value in zip(tensors, session.run(list(tensors), feed)):
-                rows = np.abs(value[real] if value.shape[:2] == real.shape else value.reshape(-1, value.shape[-1]))
-                peak = rows.max(axis=0)
+                rows = value[real] if value.shape[:2] == real.shape else value.reshape(-1, value.shape[-1])
+                if extremes is not None:
+                    low, high = extremes.get(name, (np.inf, -np.inf))
+                    extremes[name] = (min(low, float(rows.min())), max(high, float(rows.max())))
+                peak = np.abs(rows).max(axis=0)
                 maxima[name] = peak if name not in maxima else np.maximum(maxima[name], peak)
     if not maxima:
         raise ValueError("calibration got no batches; give at least one text.")
@@ -145,37 +156,106 @@ def smooth(model: onnx.ModelProto, maxima: dict[str, np.ndarray], alpha: float, 
     edit.finish(ordered)
 
 
-def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bits: int) -> None:
+# uint8 x int8 on AVX2 CPUs without VNNI: `vpmaddubsw` adds the products of rows 2j and 2j+1 into a
+# saturating int16, so 255 * (|w[2j]| + |w[2j+1]|) must stay <= 32767 (checked under qemu for
+# Haswell, EPYC-Rome and Skylake-Client, and in MLAS's kernels; bench/results/levers.md).
+PAIR_BUDGET = 128
+
+
+def _trim_pairs(quantized: np.ndarray) -> None:
+    """Cut, in place, every pair of rows (2j, 2j+1) whose magnitudes add up past `PAIR_BUDGET`:
+    each loses part of the excess, the larger one the larger part."""
+    rows = len(quantized) - len(quantized) % 2
+    even, odd = quantized[0:rows:2], quantized[1:rows:2]  # views
+    excess = np.maximum(np.abs(even) + np.abs(odd) - PAIR_BUDGET, 0)
+    cut_even = np.where(np.abs(even) >= np.abs(odd), (excess + 1) // 2, excess // 2)
+    even -= np.sign(even) * cut_even
+    odd -= np.sign(odd) * (excess - cut_even)
+
+
+def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 of a [K, N] weight: the values and one scale per column.
+
+    7 bits keep every pair of rows within the AVX2 budget by range alone. 8 bits give each
+    column the range, from +-127 down to +-63, whose rounding plus pair trimming (`_trim_pairs`)
+    loses least; at +-63 nothing is trimmed, so a column is never worse than at 7 bits.
+    """
+    if bits not in (7, 8):
+        raise ValueError(f"weight_bits {bits}: expected 7 or 8")
+    peak = np.maximum(np.abs(weight).max(axis=0), 1e-12)
+    best_q = best_scale = best_error = None
+    for qmax in ((63,) if bits == 7 else (127, 119, 111, 103, 95, 87, 79, 71, 63)):
+        scale = peak / qmax
+        quantized = np.clip(np.round(weight / scale), -qmax, qmax).astype(np.int32)
+        if qmax > 63:
+            _trim_pairs(quantized)
+        error = np.square(quantized * scale - weight).sum(axis=0)
+        if best_q is None:
+            best_q, best_scale, best_error = quantized, scale, error
+            continue
+        better = error < best_error
+        best_q[:, better], best_scale[better], best_error[better] = quantized[:, better], scale[better], error[better]
+    return best_q.astype(np.int8), best_scale.astype(np.float32)
+
+
+def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bits: int,
+                      asymmetric: Container[str] = ()) -> None:
     """Replace the MatMuls producing `matmuls` by per-token uint8 x per-channel int8 matmuls.
 
     Each input tensor is quantized once, however many MatMuls read it (Q, K and V share theirs):
     at batch 1 the per-node overhead, not the arithmetic, is what these extra nodes cost.
+    Rows of the input tensors named in `asymmetric` map [min, max] onto 0..255 with a zero point
+    per row, instead of [-max|x|, max|x|] around 128: GELU outputs are almost all >= -0.17, so
+    symmetric rows waste nearly one of their 8 bits there. It costs a few extra ops per matmul,
+    so only one-sided inputs get it (`one_sided`).
     """
     edit = _GraphEdit(model)
     targets = set(matmuls)
-    reduce_axes_as_input = _opset(model) >= 18
-    qmax = 2 ** (weight_bits - 1) - 1
+    axes_as_input = _opset(model) >= 18
     one = edit.constant("pt_one", np.array(1.0, np.float32))
-    inv127 = edit.constant("pt_inv127", np.array(1 / 127, np.float32))
+    zero = edit.constant("pt_zero", np.array(0.0, np.float32))
     tiny = edit.constant("pt_tiny", np.array(1e-12, np.float32))
-    zero_point = edit.constant("pt_zero_point", np.array(128, np.uint8))
-    last_axis = edit.constant("pt_last_axis", np.array([-1], np.int64)) if reduce_axes_as_input else None
-    quantized_inputs: dict[str, tuple[str, str]] = {}  # tensor -> (uint8 rows, row scales)
+    step = {True: edit.constant("pt_step_asymmetric", np.array(1 / 255, np.float32)),
+            False: edit.constant("pt_step", np.array(1 / 127, np.float32))}
+    zero_point = {True: edit.constant("pt_zero_point_asymmetric", np.array(0, np.uint8)),
+                  False: edit.constant("pt_zero_point", np.array(128, np.uint8))}
+    last_axis = edit.constant("pt_last_axis", np.array([-1], np.int64)) if axes_as_input else None
+    quantized_inputs: dict[str, tuple[str, str, str | None]] = {}  # tensor -> (uint8 rows, row scales, row zero points)
+
+    def reduce(op: str, x: str, out: str) -> onnx.NodeProto:
+        if axes_as_input:
+            return helper.make_node(op, [x, last_axis], [out], keepdims=1)
+        return helper.make_node(op, [x], [out], axes=[-1], keepdims=1)
 
     def quantize_rows(x: str) -> list[onnx.NodeProto]:
-        """Nodes that turn `x` into uint8 rows (zero point 128) and one scale per row."""
+        """Nodes that turn `x` into uint8 rows and one scale (and zero point) per row."""
         p = f"{x}_per_token"
-        quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale")
-        reduce = (helper.make_node("ReduceMax", [f"{p}_abs", last_axis], [f"{p}_max"], keepdims=1)
-                  if reduce_axes_as_input else
-                  helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], axes=[-1], keepdims=1))
+        if x not in asymmetric:
+            quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale", None)
+            return [
+                helper.make_node("Abs", [x], [f"{p}_abs"]),
+                reduce("ReduceMax", f"{p}_abs", f"{p}_max"),
+                helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
+                helper.make_node("Mul", [f"{p}_max_safe", step[False]], [f"{p}_row_scale"]),
+                helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"]),
+                helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point[False]], [f"{p}_uint8"]),
+            ]
+        quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale", f"{p}_row_zero_point")
         return [
-            helper.make_node("Abs", [x], [f"{p}_abs"]),
-            reduce,
-            helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
-            helper.make_node("Mul", [f"{p}_max_safe", inv127], [f"{p}_row_scale"]),
-            helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"]),
-            helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point], [f"{p}_uint8"]),
+            reduce("ReduceMax", x, f"{p}_max_raw"),
+            reduce("ReduceMin", x, f"{p}_min_raw"),
+            helper.make_node("Max", [f"{p}_max_raw", zero], [f"{p}_max"]),  # zero stays exact
+            helper.make_node("Min", [f"{p}_min_raw", zero], [f"{p}_min"]),
+            helper.make_node("Sub", [f"{p}_max", f"{p}_min"], [f"{p}_range"]),
+            helper.make_node("Max", [f"{p}_range", tiny], [f"{p}_range_safe"]),  # an all-zero row
+            helper.make_node("Mul", [f"{p}_range_safe", step[True]], [f"{p}_row_scale"]),
+            helper.make_node("Div", [f"{p}_min", f"{p}_row_scale"], [f"{p}_min_steps"]),
+            helper.make_node("Neg", [f"{p}_min_steps"], [f"{p}_zero_point_raw"]),
+            helper.make_node("Round", [f"{p}_zero_point_raw"], [f"{p}_zero_point_float"]),
+            helper.make_node("Cast", [f"{p}_zero_point_float"], [f"{p}_row_zero_point"], to=TensorProto.INT32),
+            helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_steps"]),
+            helper.make_node("Add", [f"{p}_steps", f"{p}_zero_point_float"], [f"{p}_scaled"]),
+            helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point[True]], [f"{p}_uint8"]),
         ]
 
     nodes = []
@@ -183,18 +263,22 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
         if not node.output or node.output[0] not in targets:
             nodes.append(node)
             continue
-        weight = _matmul_weight(node, edit.initializers)
-        weight_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / qmax
-        quantized = np.clip(np.round(weight / weight_scale), -qmax, qmax).astype(np.int8)
+        quantized, weight_scale = quantize_weight(_matmul_weight(node, edit.initializers), weight_bits)
         p = node.name or node.output[0]
         w = edit.constant(f"{p}_weight_int8", quantized)
         ws = edit.constant(f"{p}_weight_scale", weight_scale.astype(np.float32))
         if node.input[0] not in quantized_inputs:
             nodes += quantize_rows(node.input[0])
-        rows, row_scale = quantized_inputs[node.input[0]]
+        rows, row_scale, row_zero_point = quantized_inputs[node.input[0]]
+        product = f"{p}_int32"
+        nodes.append(helper.make_node("MatMulInteger", [rows, w, zero_point[row_zero_point is not None]], [product]))
+        if row_zero_point is not None:  # (q - z) @ W = q @ W - z * column sums of W, exact in int32
+            sums = edit.constant(f"{p}_weight_column_sums", quantized.sum(axis=0, dtype=np.int32))
+            nodes += [helper.make_node("Mul", [row_zero_point, sums], [f"{p}_zero_point_term"]),
+                      helper.make_node("Sub", [product, f"{p}_zero_point_term"], [f"{p}_centered"])]
+            product = f"{p}_centered"
         nodes += [
-            helper.make_node("MatMulInteger", [rows, w, zero_point], [f"{p}_int32"]),
-            helper.make_node("Cast", [f"{p}_int32"], [f"{p}_float"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", [product], [f"{p}_float"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{p}_float", ws], [f"{p}_column_scaled"]),
             helper.make_node("Mul", [f"{p}_column_scaled", row_scale], list(node.output)),
         ]

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Callable
 
 import numpy as np
@@ -14,13 +15,15 @@ from tqdm import tqdm
 
 from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
 
-from . import graphs
+from . import graphs, int8_plans
 from .artifact import check_target, save_graph, staged_folder
 from .calibration import builtin_texts, read_texts
-from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
-from .precision import DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Fp16Options, Int8Options, graph_transforms
+from .checkpoint import CheckpointSpec, read_checkpoint
+from .precision import (DEFAULT_MARGIN, DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Calibration, Fp16Options,
+                        Int8Options, graph_transforms)
 from .probes import probe_texts
 from .source import resolve_source
+from .tokenizer_choice import DEFAULT_TOKENIZER, TOKENIZER_CHOICES, TokenizerCheck, choose_tokenizer, tokenizer_spec
 from .validation import check_thresholds, reference_embeddings, validate_artifact
 
 _VERSIONED = ("jobbert-onnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime",
@@ -40,8 +43,12 @@ class ExportConfig:
     validate: bool = True
     allow_pickle: bool = False
     min_cosine: float | None = None
+    margin: float | None = None  # int8: try more accurate plans until min cosine >= threshold + margin
     calibration: Path | None = None  # int8: a text file, one text per line (default: built-in texts)
     show_progress: bool = True
+    # "transformers": what AutoTokenizer builds (what sentence-transformers runs here);
+    # "checkpoint": the checkpoint's tokenizer.json as is. See export/tokenizer_choice.py.
+    tokenizer: str = DEFAULT_TOKENIZER
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -49,10 +56,16 @@ class ExportConfig:
             raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.opset < graphs.MIN_OPSET:
             raise ValueError(f"opset {self.opset}: must be {graphs.MIN_OPSET} or newer")
+        if self.tokenizer not in TOKENIZER_CHOICES:
+            raise ValueError(f"tokenizer {self.tokenizer!r}: expected one of {', '.join(TOKENIZER_CHOICES)}")
 
     @property
     def threshold(self) -> float:
         return DEFAULT_MIN_COSINE[self.precision] if self.min_cosine is None else self.min_cosine
+
+    @property
+    def target_margin(self) -> float:
+        return DEFAULT_MARGIN[self.precision] if self.margin is None else self.margin
 
 
 def _versions() -> dict[str, str]:
@@ -65,33 +78,21 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _load_tokenizer(spec: CheckpointSpec):
-    """The tokenizer sentence-transformers really runs, loaded once for the whole export.
+def _load_tokenizer(spec: CheckpointSpec, config: ExportConfig, probes: list[str]) -> tuple[object, TokenizerCheck]:
+    """The chosen tokenizer, as a transformers tokenizer loaded once for the whole export, and how it
+    compares with the other candidate on the probes and calibration texts (warns if they disagree).
 
     transformers rebuilds some tokenizers from `tokenizer.json` (XLM-RoBERTa's among them) rather
-    than using the file as it is, so the artifact gets the rebuilt backend, not a copy of the file.
+    than using the file as it is; `config.tokenizer` picks the rebuild or the file.
     """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.transformer.path)
-    if not tokenizer.is_fast or tokenizer.pad_token_id is None:
-        raise CheckpointError(
-            f"{spec.transformer.path}: the tokenizer must be a fast tokenizer with a pad token, "
-            "so that the runtime can reproduce it with the tokenizers library."
-        )
-    return tokenizer
+    texts = read_texts(config.calibration) if config.calibration else builtin_texts()
+    return choose_tokenizer(spec, config.tokenizer, probes, texts)
 
 
 def _write_tokenizer(spec: CheckpointSpec, tokenizer, stage: Path) -> TokenizerSpec:
     """Write the tokenizer's backend as `tokenizer.json` and describe how to call it."""
     (stage / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
-    return TokenizerSpec(
-        file="tokenizer.json",
-        max_seq_length=spec.transformer.max_seq_length,
-        do_lower_case=spec.transformer.do_lower_case,
-        pad_token_id=int(tokenizer.pad_token_id),
-        pad_token=str(tokenizer.pad_token),
-    )
+    return tokenizer_spec(spec, tokenizer)
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _calibration_feeds(texts: list[str], tokenizer, spec: CheckpointSpec, input_
 
 
 def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None,
-           calibration: list[dict[str, np.ndarray]] = (), external_weights: bool = False) -> dict:
+           calibration: Iterable[dict[str, np.ndarray]] = (), external_weights: bool = False) -> dict:
     """Copy or transform one fp32 graph into the artifact, writing it once; returns what was
     done, for the manifest."""
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -158,11 +159,13 @@ def export_model(config: ExportConfig) -> Path:
     check_target(config.output, config.overwrite)  # fail before any slow work
     source = resolve_source(config.model, config.revision)
     spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
-    hf_tokenizer = _load_tokenizer(spec)
+    hf_tokenizer, tokenizer_check = _load_tokenizer(spec, config, probe_texts())
     calibration_texts = None
     if config.precision == "int8":
         calibration_texts = read_texts(config.calibration) if config.calibration else builtin_texts()
     probes = probe_texts()
+    if config.validate:  # with the checkpoint's tokenizer: the probes sentence-transformers tokenizes alike
+        probes = tokenizer_check.validation_probes(probes)
     steps = 3 + len(spec.heads) + 2 * config.validate
     with tqdm(total=steps, desc="export", unit="step", disable=not config.show_progress) as progress:
 
@@ -179,36 +182,60 @@ def export_model(config: ExportConfig) -> Path:
                 staged_folder(config.output, config.overwrite) as stage:
             fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, Path(scratch), config.opset, done)
             encoder_transform, head_transform = graph_transforms(config.precision)
-            feeds = (_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
-                     if calibration_texts else [])
-            encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, encoder_transform, feeds,
-                                  external_weights=True)
-            if calibration_texts:
-                encoder_info["calibration_texts"] = str(config.calibration) if config.calibration else "built-in"
+            feeds = Calibration(_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
+                                if calibration_texts else [])
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
             for entry in fp32.heads.values():
                 entry.transform = _place(fp32.folder, stage, entry.file, head_transform)
             tokenizer = _write_tokenizer(spec, hf_tokenizer, stage)
-            done(f"{config.precision} graphs and tokenizer")
 
-            manifest = Manifest(
-                source=source.to_manifest(),
-                versions=_versions(),
-                opset=config.opset,
-                precision=config.precision,
-                tokenizer=tokenizer,
-                encoder=EncoderSpec(file=graphs.ENCODER_FILE, input_names=fp32.encoder_inputs,
-                                    hidden_size=spec.transformer.hidden_size, transform=encoder_info),
-                pooling=PoolingSpec(file=graphs.POOLING_FILE, modes=spec.pooling.modes,
-                                    dimension=spec.pooling.output_dimension, transform=pooling_info),
-                heads=fp32.heads,
-                default_head=spec.default_head,
-                validation={"performed": False, "reason": "--no-validate: the reference stack was not run"},
-            )
-            manifest.record_files(stage)
-            manifest.save(stage)
-            if reference is not None:
+            def rank() -> list[str]:
+                import onnx
+
+                from .sensitivity import rank_matmuls
+
+                progress.total += len(int8_plans.FALLBACK_COUNTS) + 1
+                texts = int8_plans.sensitivity_texts(calibration_texts)
+                scored = _calibration_feeds(texts, hf_tokenizer, spec, fp32.encoder_inputs, batch_size=64)
+                ranking = rank_matmuls(encoder_transform, onnx.load(str(fp32.folder / graphs.ENCODER_FILE)), feeds,
+                                       scored, onnx.load(str(fp32.folder / graphs.POOLING_FILE)))
+                done("int8 sensitivity ranking")
+                return ranking.ranked
+
+            laddered = isinstance(encoder_transform, Int8Options) and reference is not None
+            plans = int8_plans.int8_plans(encoder_transform, rank) if laddered else [encoder_transform]
+            attempts: list[dict] = []
+            for plan in plans:
+                encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, plan, feeds, external_weights=True)
+                if calibration_texts:
+                    encoder_info["calibration_texts"] = str(config.calibration) if config.calibration else "built-in"
+                done(f"{config.precision} graphs and tokenizer" if not attempts else f"int8 plan {len(attempts) + 1}")
+                manifest = Manifest(
+                    source=source.to_manifest(),
+                    versions=_versions(),
+                    opset=config.opset,
+                    precision=config.precision,
+                    tokenizer=tokenizer,
+                    encoder=EncoderSpec(file=graphs.ENCODER_FILE, input_names=fp32.encoder_inputs,
+                                        hidden_size=spec.transformer.hidden_size, transform=encoder_info),
+                    pooling=PoolingSpec(file=graphs.POOLING_FILE, modes=spec.pooling.modes,
+                                        dimension=spec.pooling.output_dimension, transform=pooling_info),
+                    heads=fp32.heads,
+                    default_head=spec.default_head,
+                    validation={"performed": False, "reason": "--no-validate: the reference stack was not run"},
+                    tokenizer_check=tokenizer_check.to_manifest(),
+                )
+                manifest.record_files(stage)
+                manifest.save(stage)
+                if reference is None:
+                    break
                 results = validate_artifact(stage, probes, reference)
+                worst = min(r.min_cosine for r in results.values())
+                if laddered:
+                    attempts.append({"fp32_matmuls": len(plan.fp32_matmuls), "min_cosine": round(worst, 7)})
+                if worst >= config.threshold + config.target_margin:
+                    break
+            if reference is not None:
                 manifest.validation = {
                     "performed": True,
                     "reference": "sentence-transformers on PyTorch (fp32, CPU)",
@@ -216,6 +243,8 @@ def export_model(config: ExportConfig) -> Path:
                     "min_cosine_threshold": config.threshold,
                     "heads": {head: r.to_dict() for head, r in results.items()},
                 }
+                if attempts:
+                    encoder_info["plan"] = int8_plans.describe(attempts, config.threshold, config.target_margin)
                 manifest.save(stage)  # the manifest is not in its own file list, so checksums still hold
                 done("validation")
                 check_thresholds(results, config.threshold, config.precision)

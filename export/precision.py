@@ -7,8 +7,8 @@ describe what it did for the manifest.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # onnx is imported only where a transform runs
     from onnx import ModelProto
@@ -16,6 +16,30 @@ if TYPE_CHECKING:  # onnx is imported only where a transform runs
 PRECISIONS = ("fp32", "fp16", "int8")
 # Minimum cosine against sentence-transformers, per precision (export fails below it).
 DEFAULT_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
+# int8 tries more accurate plans until the worst probe clears the threshold by this much.
+DEFAULT_MARGIN = {"fp32": 0.0, "fp16": 0.0, "int8": 0.005}
+
+
+@dataclass
+class Calibration:
+    """Encoder feeds of real texts, and the per-channel activation peaks measured on them, kept
+    so that every int8 plan of one export (and the sensitivity ranking) runs the texts once."""
+
+    feeds: list[dict[str, Any]]
+    maxima: dict[str, Any] = field(default_factory=dict)
+    extremes: dict[str, tuple[float, float]] = field(default_factory=dict)  # signed (min, max) per tensor
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+    def peaks(self, model: ModelProto, tensors: list[str]) -> dict[str, Any]:
+        """Max |x| per channel of each of `tensors` in the fp32 `model`, measured once per tensor."""
+        from . import int8
+
+        missing = [t for t in tensors if t not in self.maxima]
+        if missing:
+            self.maxima.update(int8.channel_maxima(model, missing, self.feeds, self.extremes))
+        return {t: self.maxima[t] for t in tensors}
 
 
 @dataclass(frozen=True)
@@ -41,33 +65,63 @@ class Fp16Options:
 class Int8Options:
     """int8 encoder: SmoothQuant, per-token dynamic int8 matmuls, int8 embedding rows (see `int8.py`).
 
-    `alpha` is SmoothQuant's migration strength (None: no smoothing). `weight_bits` 7 keeps
-    uint8 x int8 matmuls exact on AVX2 CPUs without VNNI. Gather tables with at least
-    `embedding_min_rows` rows (the vocabulary, not the position table) are stored as int8 rows.
-    MatMul nodes whose names match a `keep_fp32_nodes` regex stay fp32.
+    `alpha` is SmoothQuant's migration strength (None: no smoothing). Weights have
+    `weight_bits` 8 (pairs of rows trimmed to the AVX2 budget) or 7; both keep uint8 x int8
+    matmuls exact on AVX2 CPUs without VNNI (`int8.quantize_weight`). `asymmetric_rows` says which inputs
+    quantize each token's row over [min, max] with a zero point instead of [-max|x|, max|x|]:
+    "one-sided" ones (GELU outputs, by calibration), "all" or "none". Gather tables with at
+    least `embedding_min_rows` rows (the vocabulary, not the position table) are stored as int8
+    rows. MatMuls whose node names match a `keep_fp32_nodes` regex, or whose outputs are listed
+    in `fp32_matmuls` (a plan's fallbacks, `int8_plans.py`), stay fp32.
     """
 
     alpha: float | None = 0.5
-    weight_bits: int = 7
+    weight_bits: int = 8
+    asymmetric_rows: Literal["one-sided", "all", "none"] = "one-sided"
     embedding_min_rows: int = 1024
     keep_fp32_nodes: tuple[str, ...] = ()
+    fp32_matmuls: tuple[str, ...] = ()
+
+    def quantized_matmuls(self, model: ModelProto) -> list[str]:
+        """Output names of the MatMuls this plan quantizes."""
+        from . import int8
+
+        kept = set(self.fp32_matmuls)
+        return [name for name in int8.quantizable_matmuls(model, self.keep_fp32_nodes) if name not in kept]
+
+    def prepared(self, model: ModelProto, calibration: Iterable[dict[str, Any]]) -> tuple[ModelProto, list[str], set[str]]:
+        """`model` (edited in place) with SmoothQuant folded into the MatMuls this plan quantizes,
+        those MatMuls, and the inputs to quantize asymmetrically. A `Calibration` keeps what it
+        measured, so that later plans of one export reuse it."""
+        from . import int8
+
+        matmuls = self.quantized_matmuls(model)
+        inputs = int8.matmul_inputs(model, matmuls)
+        if not isinstance(calibration, Calibration):
+            calibration = Calibration(list(calibration))
+        needs_calibration = self.alpha is not None or self.asymmetric_rows == "one-sided"
+        maxima = calibration.peaks(model, inputs) if needs_calibration and calibration.feeds else {}
+        asymmetric = {"all": set(inputs), "none": set(),
+                      "one-sided": int8.one_sided(calibration.extremes, inputs)}[self.asymmetric_rows]
+        if self.alpha is not None:
+            int8.smooth(model, maxima, self.alpha, matmuls)
+            asymmetric = {f"{name}_smoothed" for name in asymmetric}  # smoothing keeps signs: still one-sided
+        return model, matmuls, asymmetric
 
     def apply(self, model: ModelProto, calibration: Iterable[dict[str, Any]] = ()) -> tuple[ModelProto, dict[str, Any]]:
         """The int8 graph of `model` (edited in place), and what was done; `calibration` holds
         encoder feeds of real texts."""
         from . import int8
 
-        matmuls = int8.quantizable_matmuls(model, self.keep_fp32_nodes)
-        batches = 0
-        if self.alpha is not None:
-            feeds = list(calibration)
-            batches = len(feeds)
-            maxima = int8.channel_maxima(model, int8.matmul_inputs(model, matmuls), feeds)
-            int8.smooth(model, maxima, self.alpha, matmuls)
-        int8.per_token_matmuls(model, matmuls, self.weight_bits)
+        calibration = calibration if isinstance(calibration, Calibration) else Calibration(list(calibration))
+        model, matmuls, asymmetric = self.prepared(model, calibration)
+        int8.per_token_matmuls(model, matmuls, self.weight_bits, asymmetric)
         tables = int8.int8_embedding_tables(model, self.embedding_min_rows)
+        batches = len(calibration.feeds)
         return model, {"method": "SmoothQuant + per-token dynamic int8 MatMulInteger (jobbert_onnx.export.int8)",
-                **asdict(self), "keep_fp32_nodes": list(self.keep_fp32_nodes), "int8_matmuls": len(matmuls),
+                **asdict(self), "keep_fp32_nodes": list(self.keep_fp32_nodes),
+                "fp32_matmuls": list(self.fp32_matmuls), "int8_matmuls": len(matmuls),
+                "asymmetric_inputs": len(asymmetric),
                 "int8_embedding_tables": tables, "calibration_batches": batches}
 
 

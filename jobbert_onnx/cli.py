@@ -11,8 +11,10 @@ import json
 import os
 import sys
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from jobbert_onnx.runtime.errors import JobbertOnnxError
 
@@ -88,9 +90,26 @@ def write_embeddings(path: Path | None, texts: list[str], embeddings) -> None:
 
 
 # -- commands ------------------------------------------------------------------------------
+@contextmanager
+def _warnings_as_lines(category: type[Warning]) -> Iterator[None]:
+    """Print `category` warnings like errors (one line, no source location); others as usual."""
+    with warnings.catch_warnings():
+        show_default = warnings.showwarning
+
+        def show(message, shown_category, *args, **kwargs) -> None:
+            if issubclass(shown_category, category):
+                print(f"jobbert-onnx: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            else:
+                show_default(message, shown_category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     try:
         from jobbert_onnx.export import ExportConfig, export_model
+        from jobbert_onnx.export.tokenizer_choice import TokenizerDisagreementWarning
     except ImportError as exc:
         raise UsageError(f"exporting needs the [export] extra: pip install 'jobbert-onnx[export]' ({exc}).") from None
     from transformers.utils import logging as hf_logging
@@ -99,10 +118,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     config = ExportConfig(
         model=args.model, output=Path(args.out_dir), precision=args.precision, revision=args.revision,
         opset=args.opset, overwrite=args.overwrite, validate=not args.no_validate,
-        allow_pickle=args.allow_pickle, min_cosine=args.min_cosine,
-        calibration=Path(args.calibration) if args.calibration else None,
+        allow_pickle=args.allow_pickle, min_cosine=args.min_cosine, margin=args.margin,
+        calibration=Path(args.calibration) if args.calibration else None, tokenizer=args.tokenizer,
     )
-    out = export_model(config)
+    with _warnings_as_lines(TokenizerDisagreementWarning):
+        out = export_model(config)
     _print_summary(out)
 
 
@@ -144,9 +164,23 @@ def _print_summary(folder: Path) -> None:
     print(f"source     {manifest.source.get('model')} ({manifest.source.get('kind')}"
           f"{', revision ' + manifest.source['revision'] if manifest.source.get('revision') else ''})")
     print(f"precision  {manifest.precision}, opset {manifest.opset}")
-    print(f"tokenizer  max_seq_length {manifest.tokenizer.max_seq_length}, do_lower_case {manifest.tokenizer.do_lower_case}")
+    check, chosen = manifest.tokenizer_check, ""
+    if check:  # absent from manifests older than the tokenizer check
+        other = "transformers' tokenizer" if check["chosen"] == "checkpoint" else "the checkpoint's tokenizer.json"
+        chosen = f"; {check['chosen']}"
+        if check.get("compared"):
+            chosen += f", {check['disagreements']} of {check['texts_compared']} checked texts differ with {other}"
+    print(f"tokenizer  max_seq_length {manifest.tokenizer.max_seq_length}, do_lower_case {manifest.tokenizer.do_lower_case}"
+          f"{chosen}")
     print(f"encoder    inputs {', '.join(manifest.encoder.input_names)}; hidden {manifest.encoder.hidden_size}; "
           f"{manifest.encoder.transform.get('method')}")
+    plan = manifest.encoder.transform.get("plan")
+    if plan:  # int8 exports that validated: which of the plans tried was kept (export/int8_plans.py)
+        last = plan["attempts"][-1]
+        kept = f"{last['fp32_matmuls']} most sensitive matmuls kept fp32" if last["fp32_matmuls"] else "every matmul int8"
+        verdict = "meets" if plan["met_margin"] else "misses"
+        print(f"int8 plan  {plan['chosen'] + 1} of {len(plan['attempts'])} tried: {kept}; worst probe cosine "
+              f"{last['min_cosine']:.5f} {verdict} the target {plan['target_min_cosine']}")
     print(f"pooling    {'+'.join(manifest.pooling.modes)} -> {manifest.pooling.dimension}")
     for name, head in manifest.heads.items():
         marker = " (default)" if name == manifest.default_head else ""
@@ -187,8 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-validate", action="store_true", help="skip the comparison with sentence-transformers")
     export.add_argument("--allow-pickle", action="store_true", help="allow loading pickled pytorch_model.bin weights")
     export.add_argument("--min-cosine", type=float, help="validation threshold (default: fp32 0.99999, fp16 0.999, int8 0.99)")
+    export.add_argument("--margin", type=float,
+                        help="int8: try more accurate plans until the worst probe reaches threshold + margin "
+                             "(default 0.005; the threshold itself is never lowered)")
     export.add_argument("--calibration", metavar="FILE",
-                        help="int8: texts to calibrate on, one per line (default: built-in job titles and skill lists)")
+                        help="int8: texts to calibrate on, one per line (default: built-in job titles and skill lists); "
+                             "also compared by the tokenizer check")
+    export.add_argument("--tokenizer", choices=["transformers", "checkpoint"], default="transformers",
+                        help="tokenizer to ship: 'transformers' (default), what AutoTokenizer builds and "
+                             "sentence-transformers runs here; 'checkpoint', the checkpoint's tokenizer.json as is, "
+                             "as TEI, fastembed and transformers 4 run it")
     export.set_defaults(run=cmd_export)
 
     embed = commands.add_parser("embed", help="embed texts with an artifact")

@@ -75,7 +75,8 @@ class Manifest:
     """Everything the runtime needs to know about an artifact folder.
 
     `transform` entries record how each graph was cast or quantized; `validation` holds the
-    export-time parity figures (or why validation was skipped).
+    export-time parity figures (or why validation was skipped); `tokenizer_check` says which
+    tokenizer was chosen and where it disagrees with the other candidate (empty in older manifests).
     """
 
     source: dict[str, Any]
@@ -88,6 +89,7 @@ class Manifest:
     heads: dict[str, HeadEntry]
     default_head: str
     validation: dict[str, Any]
+    tokenizer_check: dict[str, Any] = field(default_factory=dict)
     files: dict[str, FileEntry] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -137,6 +139,7 @@ class Manifest:
                 heads={name: HeadEntry(**entry) for name, entry in data["heads"].items()},
                 default_head=data["default_head"],
                 validation=data["validation"],
+                tokenizer_check=data.get("tokenizer_check", {}),
                 files={name: FileEntry(**entry) for name, entry in data["files"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -34,6 +34,12 @@ def jobbert_router_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def jobbert_nfkc_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``jobbert_asym_model`` with an NFKC normalizer in tokenizer.json, which transformers 5 drops."""
+    return models.build_jobbert_nfkc(tmp_path_factory.mktemp("jobbert-nfkc"))
+
+
+@pytest.fixture(scope="session")
 def jobbert_pickled_model(tmp_path_factory: pytest.TempPathFactory, jobbert_asym_model: Path) -> Path:
     """``jobbert_asym_model`` with the encoder weights as ``pytorch_model.bin`` (needs --allow-pickle)."""
     return models.build_pickled(tmp_path_factory.mktemp("jobbert-pickled"), jobbert_asym_model)
@@ -49,6 +55,18 @@ def bert_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def minilm_model() -> Path:
     """The real all-MiniLM-L6-v2 inside the installed package. Read-only: never write into it."""
     return models.minilm_path()
+
+
+@pytest.fixture(scope="session")
+def mpnet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real all-mpnet-base-v2 (base size, like JobBERT-v3's encoder): Transformer + mean Pooling."""
+    return models.build_mpnet(tmp_path_factory.mktemp("mpnet"), asym_head=False)
+
+
+@pytest.fixture(scope="session")
+def mpnet_asym_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real all-mpnet-base-v2 under a JobBERT-v2-style Asym head (anchor/positive 768 -> 1024 tanh)."""
+    return models.build_mpnet(tmp_path_factory.mktemp("mpnet-asym"), asym_head=True)
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ def test_precision_transforms_are_recorded(exported):
     assert "fp16" in fp16.encoder.transform["method"] and "LayerNormalization" in fp16.encoder.transform["fp32_ops"]
     assert fp16.pooling.transform["method"] == "none"
     int8 = Manifest.load(exported("jobbert_asym_model", "int8"))
-    assert "per-token" in int8.encoder.transform["method"] and int8.encoder.transform["weight_bits"] == 7
+    assert "per-token" in int8.encoder.transform["method"] and int8.encoder.transform["weight_bits"] == 8
     assert int8.encoder.transform["calibration_texts"] == "built-in" and int8.encoder.transform["calibration_batches"] > 0
     assert int8.encoder.transform["int8_matmuls"] == 12  # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
     assert int8.encoder.transform["int8_embedding_tables"] == 1  # the vocabulary; not the 130-row positions
