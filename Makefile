@@ -45,3 +45,33 @@ levers: venv
 
 clean:
 	rm -rf $(VENV) .venv-runtime .venv-runtime-floors artifacts
+
+# The peers that `bench.speed` runs beside ours (bench/peers.py), each in its own venv, which
+# `make bench` builds once. sentence-transformers' ONNX backend needs optimum-onnx, which pins
+# transformers < 4.58 (this project needs transformers 5), so pip resolves sentence-transformers
+# 5.7.0 for it; fastembed needs no torch. `python -m bench.speed --peers none` runs without them.
+PEER_ST        ?= .venv-peer-st
+PEER_FASTEMBED ?= .venv-peer-fastembed
+PEER_ST_PKG    ?= sentence-transformers[onnx]==5.7.0
+PEER_FE_PKG    ?= fastembed==0.9.1
+
+.PHONY: peer-venvs clean-peers
+peer-venvs: $(PEER_ST)/.installed $(PEER_FASTEMBED)/.installed
+bench: peer-venvs
+clean: clean-peers
+
+$(PEER_ST)/.installed:
+	$(PYTHON) -m venv $(PEER_ST)
+	$(PEER_ST)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
+	$(PEER_ST)/bin/python -m pip --disable-pip-version-check install -q "$(TORCH)"
+	$(PEER_ST)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_ST_PKG)"
+	touch $@
+
+$(PEER_FASTEMBED)/.installed:
+	$(PYTHON) -m venv $(PEER_FASTEMBED)
+	$(PEER_FASTEMBED)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
+	$(PEER_FASTEMBED)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_FE_PKG)"
+	touch $@
+
+clean-peers:
+	rm -rf $(PEER_ST) $(PEER_FASTEMBED)

