@@ -6,7 +6,8 @@ invariance). Writes `levers.json` and `levers.md` to `--results`. Slow (about 15
 2 cores); `make bench` does not run it.
 
 Levers: the int8 recipe, onnxruntime session settings, separate graphs against one fused graph,
-batching, and onnxruntime.transformers fusions at fp32.
+batching, onnxruntime.transformers fusions at fp32, and the int8 encoder's own kernels (profile,
+fused fp32 graph before quantization, MatMulIntegerToFloat, reciprocal row scales).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import onnxruntime as ort
 from bench.machine import machine_info
 from bench.measure import cosine_rows, p50_ms, rate
 from bench.speed import HERE, prepare_artifacts, write_atomic
-from bench.reference_model import build_reference_model
+from bench.reference_model import XLMR_BASE, build_reference_model
 from bench.workload import DataError, load_tasks, skill_lists, unique_titles
 from jobbert_onnx.runtime.manifest import Manifest
 from jobbert_onnx.runtime.tokenization import TextTokenizer
@@ -314,6 +315,254 @@ def transformer_fusions(artifacts: dict[str, Path], titles: list[str], work: Pat
     return rows
 
 
+# -- 6. closer to the metal: the int8 encoder's own kernels ---------------------------------------
+# Variants of the int8 graph. The int8.py rewrites below edit the shipped graph after
+# `Int8Options.apply`, matching the node names that `export/int8.py` writes.
+def _reciprocal_row_scale(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Div(x, row scale) over every element -> Mul(x, Reciprocal(row scale)), the division done once per row."""
+    from onnx import helper
+
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "Div" and node.input[1].endswith("_per_token_row_scale") and node.output[0].endswith(
+                ("_per_token_scaled", "_per_token_steps")):
+            inverse = node.input[1] + "_inverse"
+            nodes += [helper.make_node("Reciprocal", [node.input[1]], [inverse]),
+                      helper.make_node("Mul", [node.input[0], inverse], list(node.output))]
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _matmul_integer_to_float(model: onnx.ModelProto) -> onnx.ModelProto:
+    """MatMulInteger -> Cast -> Mul(column scales) -> Mul(row scales) as one com.microsoft
+    MatMulIntegerToFloat, whose A scale may be per row ([batch, seq, 1]) and B scale per column.
+    With asymmetric rows, the zero-point term (z * row scale) x (column sums * column scales) is
+    subtracted in fp32 after it, instead of in int32 before the Cast."""
+    from onnx import helper, numpy_helper
+
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    initializers = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, onnx.NodeProto] = {}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, node)
+    replaced, nodes, row_terms = set(), [], set()
+    for node in model.graph.node:
+        if node.output[0] in replaced:
+            continue
+        if node.op_type != "MatMulInteger":
+            nodes.append(node)
+            continue
+        chain = [readers[node.output[0]]]
+        while chain[-1].op_type != "Mul" or not chain[-1].input[1].endswith("_row_scale"):
+            chain.append(readers[chain[-1].output[0]])
+        replaced |= {n.output[0] for n in chain}
+        column, row = chain[-2], chain[-1]
+        centered = chain[0].op_type == "Sub"
+        product = f"{node.output[0]}_scaled" if centered else row.output[0]
+        nodes.append(helper.make_node("MatMulIntegerToFloat", [node.input[0], node.input[1], row.input[1],
+                                                               column.input[1], node.input[2]],
+                                      [product], name=node.name, domain="com.microsoft"))
+        if centered:  # (q - z) W s_r s_c = q W s_r s_c - (z s_r) (colsum(W) s_c)
+            rows = node.input[0][: -len("_uint8")]
+            term = producers[chain[0].input[1]]  # Mul(row zero points, column sums), in int32
+            replaced.add(term.output[0])
+            sums = numpy_helper.to_array(initializers[term.input[1]]).astype(np.float32)
+            scales = numpy_helper.to_array(initializers[column.input[1]])
+            model.graph.initializer.append(numpy_helper.from_array(sums * scales, f"{node.output[0]}_zero_point_columns"))
+            if rows not in row_terms:
+                row_terms.add(rows)
+                nodes.append(helper.make_node("Mul", [f"{rows}_zero_point_float", row.input[1]], [f"{rows}_zero_point_scaled"]))
+            nodes += [helper.make_node("Mul", [f"{rows}_zero_point_scaled", f"{node.output[0]}_zero_point_columns"],
+                                       [f"{node.output[0]}_zero_point_term_float"]),
+                      helper.make_node("Sub", [product, f"{node.output[0]}_zero_point_term_float"], list(row.output))]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
+def _int8_variants(fp32: onnx.ModelProto, feeds: list, num_heads: int, hidden: int) -> dict[str, bytes]:
+    """name -> serialized int8 encoder."""
+    from jobbert_onnx.export.fusion import fuse_encoder
+    from jobbert_onnx.export.precision import Int8Options
+
+    def copy(model: onnx.ModelProto) -> onnx.ModelProto:
+        twin = onnx.ModelProto()
+        twin.CopyFrom(model)
+        return twin
+
+    shipped = Int8Options().apply(copy(fp32), feeds)[0]
+    fused = Int8Options().apply(fuse_encoder(copy(fp32), num_heads, hidden)[0], feeds)[0]
+    variants = {
+        "shipped": shipped,
+        "reciprocal row scale": _reciprocal_row_scale(copy(shipped)),
+        "MatMulIntegerToFloat": _matmul_integer_to_float(copy(shipped)),
+        "MatMulIntegerToFloat + reciprocal": _matmul_integer_to_float(_reciprocal_row_scale(copy(shipped))),
+        "fused (fusion.py)": fused,
+        "fused + MatMulIntegerToFloat + reciprocal": _matmul_integer_to_float(_reciprocal_row_scale(copy(fused))),
+    }
+    return {name: model.SerializeToString() for name, model in variants.items()}
+
+
+def _profile_group(event_op: str, node: onnx.NodeProto | None) -> str:
+    """The cost group of one profiled kernel (int8 roles read from export/int8.py's tensor names)."""
+    out = node.output[0] if node is not None else ""
+    first = node.input[0] if node is not None and node.input else ""
+    if "_per_token" in out:
+        return "quantize rows (row range, scale, zero point, Div, QuantizeLinear)"
+    if event_op in ("MatMulInteger", "MatMulIntegerToFloat"):
+        return f"int8 matmul ({event_op})"
+    if ((event_op == "Cast" and first.endswith(("_int32", "_centered")))
+            or (event_op == "Mul" and "_column_scaled" in out + first)
+            or out.endswith(("_centered", "_zero_point_term", "_zero_point_term_float", "_zero_point_scaled"))
+            or (event_op == "Sub" and first.endswith("_scaled"))):
+        return "dequantize (zero-point term, Cast, 2 Mul)"
+    if out.endswith("_smoothed"):
+        return "SmoothQuant Mul"
+    if event_op in ("MatMul", "FusedMatMul", "Softmax", "Transpose"):
+        return "attention (MatMul, Softmax, Transpose)"
+    if event_op in ("LayerNormalization", "SkipLayerNormalization"):
+        return "LayerNorm (" + event_op + ")"
+    if event_op in ("BiasGelu", "FastGelu", "Gelu", "Erf"):
+        return "GELU (" + event_op + ")"
+    if event_op in ("MultiHeadAttention", "Add"):
+        return {"Add": "Add (bias, residual)"}.get(event_op, event_op)
+    return "other (shapes, mask, embeddings)"
+
+
+def profile_groups(graph: bytes, feeds: list[dict], repeats: int) -> dict[str, float]:
+    """Microseconds per run spent in each kernel group, from onnxruntime's profiler; also the
+    whole run ("run") and the sum of kernels ("kernels")."""
+    import os
+    from collections import defaultdict
+
+    model = onnx.load_from_string(graph)
+    for node in model.graph.node:  # the profiler reports nodes by name
+        node.name = node.name or f"{node.op_type}:{node.output[0]}"
+    nodes = {n.name: n for n in model.graph.node}
+    opts = options(enable_profiling=True)
+    opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"jobbert-levers-profile-{os.getpid()}")
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
+    for feed in feeds[:3]:  # warm-up, left out below
+        session.run([output], feed)
+    for _ in range(repeats):
+        for feed in feeds:
+            session.run([output], feed)
+    path = Path(session.end_profiling())
+    events = json.loads(path.read_text())
+    path.unlink()
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-repeats * len(feeds):]
+    count = len(runs)
+    groups: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= runs[0]["ts"]:
+            name = event["name"][: -len("_kernel_time")]
+            groups[_profile_group(event["args"]["op_name"], nodes.get(name))] += event["dur"] / count
+    result = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+    return {"run": sum(r["dur"] for r in runs) / count, "kernels": sum(result.values()), **result}
+
+
+def _encoder_ops(runner: EncoderRunner, texts: list[str], batch: int) -> tuple[float, float]:
+    """Encoder operations and tokens per batch (padding included) for `runner`'s own batches of `texts`."""
+    from bench import roofline
+
+    ops, tokens = 0.0, []
+    order = sorted(texts, key=lambda t: -len(t))  # as EncoderRunner batches them
+    for start in range(0, len(order), batch):
+        rows, sequence = runner.tokenizer(order[start:start + batch])["attention_mask"].shape
+        tokens.append(rows * sequence)
+        ops += rows * sequence * roofline.encoder_ops_per_token(
+            XLMR_BASE["num_hidden_layers"], XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"], sequence)
+    return ops, float(np.mean(tokens))
+
+
+def _calibration(runner: EncoderRunner) -> list[dict]:
+    from jobbert_onnx.export.calibration import builtin_texts
+
+    texts = builtin_texts()
+    return [{n: t[n] for n in runner.inputs} for t in (runner.tokenizer(texts[i:i + 16]) for i in range(0, len(texts), 16))]
+
+
+def int8_kernels(ref: Path, minilm: Path, titles: list[str], repeats: int = 3) -> dict:
+    """Profile of the shipped int8 encoder, and variants of its kernels: speed at batch 1/8/32 on the
+    reference model (alternating, medians), fidelity against fp32 on titles and batch invariance
+    on the reference model and on all-MiniLM-L6-v2."""
+    from bench import roofline
+
+    sample, probe = titles[:512], titles[2000:2040]
+    longer = sorted(titles, key=len)[-31:]
+    rows: dict[str, dict] = {}
+    for label, artifact in (("minilm", minilm), ("reference", ref)):
+        fp32_runner = EncoderRunner(artifact, artifact / "encoder.onnx")
+        fp32 = onnx.load(str(artifact / "encoder.onnx"))
+        # all-MiniLM-L6-v2: 12 heads, hidden 384; the reference model: XLM-R base.
+        heads, hidden = (12, 384) if label == "minilm" else (XLMR_BASE["num_attention_heads"], XLMR_BASE["hidden_size"])
+        graphs = _int8_variants(fp32, _calibration(fp32_runner), heads, hidden)
+        reference = fp32_runner(sample, 32)
+        del fp32
+        for name, graph in graphs.items():
+            runner = EncoderRunner(artifact, graph)
+            cosine = cosine_rows(reference, runner(sample, 32))
+            alone = np.concatenate([runner([t], 1) for t in probe])
+            batched = np.concatenate([runner([*longer, t], 32)[-1:] for t in probe])
+            rows.setdefault(name, {"variant": name})
+            rows[name] |= {f"{label}_min_cosine": float(cosine.min()), f"{label}_mean_cosine": float(cosine.mean()),
+                           f"{label}_batch_invariance": float(cosine_rows(alone, batched).min())}
+            print(json.dumps(rows[name]), flush=True)
+        if label == "minilm":
+            continue
+        fused_fp32 = EncoderRunner(artifact, _fused_fp32(artifact, heads, hidden))
+        fused_cosine = cosine_rows(reference, fused_fp32(sample, 32))
+        del fused_fp32
+        # Speed: every variant in this process, taking turns, `repeats` rounds, medians.
+        runners = {name: EncoderRunner(artifact, graph) for name, graph in graphs.items()}
+        profile_feeds = {batch: [{n: t[n] for n in runners["shipped"].inputs}
+                                 for t in (runners["shipped"].tokenizer(sample[i:i + batch])
+                                           for i in range(0, batch * (100 if batch == 1 else 8), batch))]
+                         for batch in (1, 32)}
+        profiles = {f"{name} @{batch}": profile_groups(graphs[name], feeds, 3 if batch == 1 else 2)
+                    for name in ("shipped", "fused + MatMulIntegerToFloat + reciprocal")
+                    for batch, feeds in profile_feeds.items()}
+        timings = {name: {"p50_ms": [], "b8": [], "b32": []} for name in runners}
+        for round_ in range(repeats):
+            for name, runner in runners.items():
+                timings[name]["p50_ms"].append(p50_ms(runner, sample))
+                timings[name]["b8"].append(rate(runner, sample, 8))
+                timings[name]["b32"].append(rate(runner, sample, 32))
+            print(f"round {round_ + 1}: " + json.dumps({n: [round(v[-1], 1) for v in t.values()]
+                                                         for n, t in timings.items()}), flush=True)
+        work = {batch: _encoder_ops(runners["shipped"], sample, batch) for batch in (8, 32)}
+        ops = {batch: w[0] for batch, w in work.items()}
+        del runners
+        # The peak as bench.speed takes it: the best rate over the batches' token counts.
+        peak = max(roofline.matmul_rate("int8", int(w[1]), XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"])
+                   for w in work.values())
+        for name, t in timings.items():
+            rows[name] |= {"p50_ms": float(np.median(t["p50_ms"])), "titles_per_s_b8": float(np.median(t["b8"])),
+                           "titles_per_s_b32": float(np.median(t["b32"])),
+                           **{f"roofline_share_b{b}": ops[b] * float(np.median(t[f"b{b}"])) / len(sample) / peak
+                              for b in (8, 32)},
+                           "spread_b32": f"{min(t['b32']):.0f}-{max(t['b32']):.0f}"}
+    return {"variants": list(rows.values()), "profiles": profiles, "int8_peak_ops_per_s": peak,
+            "fused_fp32_vs_fp32": {"min_cosine": float(fused_cosine.min()), "mean_cosine": float(fused_cosine.mean())}}
+
+
+def _fused_fp32(artifact: Path, heads: int, hidden: int) -> bytes:
+    from jobbert_onnx.export.fusion import fuse_encoder
+
+    return fuse_encoder(onnx.load(str(artifact / "encoder.onnx")), heads, hidden)[0].SerializeToString()
+
+
 # -- report -----------------------------------------------------------------------------------------
 def _table(rows: list[dict], columns: list[str]) -> list[str]:
     def cell(column: str, value) -> str:
@@ -351,7 +600,40 @@ def to_markdown(result: dict) -> str:
     for title, key, columns in sections:
         if key in result:
             lines += [f"### {title}", ""] + _table(result[key], columns) + [""]
+    if "int8_kernels" in result:
+        lines += _int8_kernels_markdown(result["int8_kernels"])
     return "\n".join(lines)
+
+
+def _int8_kernels_markdown(section: dict) -> list[str]:
+    profiles = section["profiles"]
+    groups = list(dict.fromkeys(g for p in profiles.values() for g in p if g not in ("run", "kernels")))
+    header = " | ".join(f"{name} µs | share" for name in profiles)
+    lines = ["### int8 encoder profile (onnxruntime profiler, reference model, µs per run)", "",
+             f"| kernel group | {header} |", "|---|" + "---|---|" * len(profiles)]
+    for group in groups:
+        cells = " | ".join(f"{p.get(group, 0):.0f} | {p.get(group, 0) / p['kernels']:.1%}" for p in profiles.values())
+        lines.append(f"| {group} | {cells} |")
+    for total in ("kernels", "run"):
+        lines.append(f"| all {total} | " + " | ".join(f"{p[total]:.0f} | " for p in profiles.values()) + " |")
+    fused = section["fused_fp32_vs_fp32"]
+    if section.get("conditions"):
+        lines += ["", f"Conditions: {section['conditions']}"]
+    lines += ["", "### int8 kernel variants (speed: reference model; cosine: against each model's fp32 encoder)", "",
+              f"fusion.py at fp32 against the unfused fp32 encoder (reference model, titles): min cosine "
+              f"{fused['min_cosine']:.7f}, mean {fused['mean_cosine']:.7f}. int8 matmul peak "
+              f"{section['int8_peak_ops_per_s'] / 1e9:.0f} GOP/s.", ""]
+    columns = ["variant", "p50_ms", "titles_per_s_b8", "titles_per_s_b32", "spread_b32", "roofline_share_b8",
+               "roofline_share_b32", "reference_min_cosine", "minilm_min_cosine", "minilm_mean_cosine",
+               "minilm_batch_invariance", "reference_batch_invariance"]
+    notes = ["", "Variants: *reciprocal row scale*: the full-tensor `Div` by the row scale becomes a `Mul` by its "
+             "`Reciprocal` (one value per row). *MatMulIntegerToFloat*: com.microsoft's kernel takes the per-row A scale "
+             "([batch, seq, 1]) and the per-column weight scales, replacing MatMulInteger, Cast and two Muls (with "
+             "asymmetric rows the zero-point term is subtracted after it in fp32). *fused*: `export/fusion.py` "
+             "(MultiHeadAttention, SkipLayerNormalization, BiasGelu from onnxruntime.transformers) on the fp32 "
+             "encoder, then the same int8 pass. Speed in one process, variants taking turns, medians; spread_b32 is "
+             "the range over rounds. Differences under ~20% on this shared VM are within noise.", ""]
+    return lines + _table(section["variants"], columns) + notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,13 +650,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from datetime import datetime, timezone
 
-    from bench.quality import default_model
+    from bench.real_models import minilm_path
     from jobbert_onnx.export import ExportConfig, export_model
 
     model = build_reference_model(args.cache / "reference-model", all_titles)
     artifacts = prepare_artifacts(model, args.cache, ("fp32", "int8"))
     work = Path(tempfile.mkdtemp(prefix="jobbert-levers-"))
-    minilm = export_model(ExportConfig(model=default_model(), output=work / "minilm-fp32", show_progress=False))
+    minilm = export_model(ExportConfig(model=str(minilm_path()), output=work / "minilm-fp32", show_progress=False))
     # --only re-measures some sections and keeps the others from the last run.
     previous = args.results / "levers.json"
     result = json.loads(previous.read_text(encoding="utf-8")) if args.only and previous.exists() else {}
@@ -385,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         "separate_vs_fused": lambda: separate_vs_fused(artifacts, all_titles),
         "batching": lambda: batching(artifacts, all_titles, skill_lists(all_titles, 64)),
         "transformer_fusions": lambda: transformer_fusions(artifacts, all_titles, work),
+        "int8_kernels": lambda: int8_kernels(artifacts["fp32"], minilm, all_titles),
     }
     for name, run in sections.items():
         if args.only and name not in args.only:
