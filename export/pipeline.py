@@ -6,8 +6,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -78,15 +78,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _load_tokenizer(spec: CheckpointSpec, config: ExportConfig, probes: list[str]) -> tuple[object, TokenizerCheck]:
+def _load_tokenizer(spec: CheckpointSpec, config: ExportConfig, probes: list[str],
+                    calibration: list[str]) -> tuple[object, TokenizerCheck]:
     """The chosen tokenizer, as a transformers tokenizer loaded once for the whole export, and how it
     compares with the other candidate on the probes and calibration texts (warns if they disagree).
 
     transformers rebuilds some tokenizers from `tokenizer.json` (XLM-RoBERTa's among them) rather
     than using the file as it is; `config.tokenizer` picks the rebuild or the file.
     """
-    texts = read_texts(config.calibration) if config.calibration else builtin_texts()
-    return choose_tokenizer(spec, config.tokenizer, probes, texts)
+    return choose_tokenizer(spec, config.tokenizer, probes, calibration)
 
 
 def _write_tokenizer(spec: CheckpointSpec, tokenizer, stage: Path) -> TokenizerSpec:
@@ -159,11 +159,11 @@ def export_model(config: ExportConfig) -> Path:
     check_target(config.output, config.overwrite)  # fail before any slow work
     source = resolve_source(config.model, config.revision)
     spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
-    hf_tokenizer, tokenizer_check = _load_tokenizer(spec, config, probe_texts())
-    calibration_texts = None
-    if config.precision == "int8":
-        calibration_texts = read_texts(config.calibration) if config.calibration else builtin_texts()
+    # The tokenizer check compares on the calibration texts at every precision; only int8 calibrates.
+    texts = read_texts(config.calibration) if config.calibration else builtin_texts()
     probes = probe_texts()
+    hf_tokenizer, tokenizer_check = _load_tokenizer(spec, config, probes, texts)
+    calibration_texts = texts if config.precision == "int8" else None
     if config.validate:  # with the checkpoint's tokenizer: the probes sentence-transformers tokenizes alike
         probes = tokenizer_check.validation_probes(probes)
     steps = 3 + len(spec.heads) + 2 * config.validate
