@@ -20,8 +20,7 @@ if [ -n "$WHEEL" ]; then
 fi
 # This project, without its dependencies (they are there already) and without a package index.
 $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE/project" .
-# -P and --import-mode=append keep the checkout's jobbert_onnx/ folder (which lacks export/ and
-# runtime/, mapped in by pyproject.toml) from shadowing the installed package.
+# -P and --import-mode=append make the installed copy win over the checkout's export/ and runtime/.
 export PYTHONPATH="$SITE/project:${PYTHONPATH:+$PYTHONPATH:}$(pwd)" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt" || true

@@ -27,7 +27,8 @@ import onnxruntime as ort
 
 from bench.machine import machine_info
 from bench.measure import cosine_rows, p50_ms, rate
-from bench.speed import HERE, prepare_artifacts, write_atomic
+from bench.artifacts import HERE, prepare_artifacts
+from jobbert_onnx.runtime.files import write_atomically
 from bench.reference_model import XLMR_BASE, build_reference_model
 from bench.workload import DataError, load_tasks, skill_lists, unique_titles
 from jobbert_onnx.runtime.manifest import Manifest
@@ -675,8 +676,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[levers] {name}", file=sys.stderr, flush=True)
         result[name] = run()
     shutil.rmtree(work, ignore_errors=True)
-    write_atomic(args.results / "levers.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(args.results / "levers.md", to_markdown(result))
+    write_atomically(args.results / "levers.json", json.dumps(result, indent=2) + "\n")
+    write_atomically(args.results / "levers.md", to_markdown(result))
     print(to_markdown(result))
     return 0
 

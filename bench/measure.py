@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+from jobbert_onnx.runtime.vectors import cosine_rows
 
 Encode = Callable[[list[str], int], object]
 
@@ -32,7 +35,21 @@ def p50_ms(encode: Encode, texts: list[str], count: int = 100) -> float:
     return float(np.median(times) * 1000)
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two (n, dim) arrays, in float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def invariance_context(titles: list[str], count: int = 100) -> tuple[list[str], list[str]]:
+    """The batch-invariance probes (the first `count` titles) and the 31 longest titles that each
+    probe joins, so a batch of 32 is padded around it."""
+    return titles[:count], sorted(titles, key=len)[-31:]
+
+
+def batch_invariance(artifact: Path, titles: list[str], count: int = 100) -> float:
+    """Min cosine between a title embedded alone and the same title inside a batch of the 31
+    longest titles (so the batch is padded around it)."""
+    from jobbert_onnx.runtime import Embedder
+
+    embedder = Embedder(artifact)
+    probes, longest = invariance_context(titles, count)
+    alone = embedder.encode(probes, batch_size=1)
+    batched = np.concatenate([embedder.encode([*longest, t], batch_size=32)[-1:] for t in probes])
+    return float(cosine_rows(alone, batched).min())

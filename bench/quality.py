@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence, Set
@@ -23,6 +22,8 @@ import numpy as np
 from bench import real_models
 from bench.machine import machine_info
 from bench.workload import LANGUAGES, DataError, RankingTask, load_tasks, unique_titles
+from jobbert_onnx.runtime.files import write_atomically
+from jobbert_onnx.runtime.vectors import cosine_rows, unit_rows
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / "cache"
@@ -72,13 +73,12 @@ def recall_at_k(ranked: Sequence[str], relevant: Set[str], k: int = K) -> float:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm in float64 (all-zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    return unit_rows(np.asarray(x, dtype=np.float64))
 
 
 def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """Min and mean row-wise cosine (float64) between two (n, dim) embedding arrays."""
-    cosine = (_unit(reference) * _unit(candidate)).sum(axis=1)
+    cosine = cosine_rows(reference, candidate)
     return {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
 
 
@@ -281,26 +281,12 @@ def to_markdown(result: dict) -> str:
     ])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a temp file beside `path`, then os.replace it, so readers never see half a file.
-
-    A plain open (not tempfile) so the file gets the umask's usual mode rather than 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def write_results(result: dict, folder: str | Path = DEFAULT_RESULTS, stem: str = "quality") -> tuple[Path, Path]:
     """Write `<stem>.json` and `<stem>.md` into `folder`; returns their paths."""
     folder = Path(folder)
     json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
-    _write_atomic(json_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    _write_atomic(md_path, to_markdown(result))
+    write_atomically(json_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(md_path, to_markdown(result))
     return json_path, md_path
 
 

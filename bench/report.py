@@ -13,8 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from bench.speed import HERE, peers_markdown, write_atomic
-from bench.speed import to_markdown as speed_markdown
+from bench.artifacts import HERE
+from bench.speed_report import peers_markdown
+from bench.speed_report import to_markdown as speed_markdown
+from jobbert_onnx.runtime.files import write_atomically
 from bench.quality import to_markdown as quality_markdown
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -57,7 +59,7 @@ def update_readme(readme: Path, text: str) -> bool:
         return False
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    write_atomic(readme, f"{head}{START}\n{text}{END}{tail}")
+    write_atomically(readme, f"{head}{START}\n{text}{END}{tail}")
     return True
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.results}: no {' or '.join(missing)}; run `make bench` first.", file=sys.stderr)
         return 2
     text = summary(args.results)
-    write_atomic(args.results / "summary.md", text)
+    write_atomically(args.results / "summary.md", text)
     if not update_readme(args.readme, text):
         print(f"warning: {args.readme} has no {START} ... {END} section; wrote only summary.md", file=sys.stderr)
     print(text)

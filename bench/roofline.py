@@ -68,3 +68,37 @@ def encoder_ops_per_token(layers: int, hidden: int, ffn: int, sequence: float) -
     weights = sum(k * n for k, n in layer_shapes(hidden, ffn))
     attention = 2 * sequence * hidden
     return 2 * layers * (weights + attention)
+
+
+def padded_tokens(lengths_by_text: list[int], batch: int) -> tuple[int, float]:
+    """Tokens the encoder computes (padding included) with the runtime's batches, sorted by token
+    count as `Embedder.encode` sorts them, and the attention work's mean sequence length
+    weighted by tokens."""
+    order = sorted(range(len(lengths_by_text)), key=lambda i: -lengths_by_text[i])  # stable, as np.argsort
+    total, weighted = 0, 0.0
+    for start in range(0, len(order), batch):
+        rows = order[start:start + batch]
+        width = max(lengths_by_text[i] for i in rows)
+        total += width * len(rows)
+        weighted += width * width * len(rows)
+    return total, weighted / total
+
+
+def achieved_rates(throughput: dict[str, dict[str, float]], lengths: list[int], peaks: dict[str, float],
+                   shape: dict[str, int]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each ONNX variant's encoder operations per second at each batch size, and its share of
+    the matmul peak of its precision (fp16 against fp32's), from titles/s over `lengths`, for an
+    encoder of `shape` (a transformers config's hidden_size, intermediate_size, num_hidden_layers)."""
+    hidden, ffn, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    achieved = {}
+    for name, rates in throughput.items():
+        if not name.startswith("onnx-"):  # ours only: the peers batch differently
+            continue
+        peak = peaks["int8" if name.endswith("int8") else "fp32"]
+        achieved[name] = {}
+        for batch, titles_per_second in rates.items():
+            tokens, sequence = padded_tokens(lengths, int(batch))
+            ops = tokens * encoder_ops_per_token(layers, hidden, ffn, sequence)
+            ops_per_second = ops * titles_per_second / len(lengths)
+            achieved[name][batch] = {"ops_per_second": ops_per_second, "fraction_of_peak": ops_per_second / peak}
+    return achieved

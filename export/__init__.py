@@ -1,15 +1,31 @@
 """The exporter: a sentence-transformers checkpoint -> an artifact folder of ONNX graphs.
 
-Needs the `[export]` extra (torch, transformers, sentence-transformers, onnx).
+Needs the `[export]` extra (torch, transformers, sentence-transformers, onnx). Importing this
+package loads nothing: each name below is imported on first use, so that the CLI can read
+`jobbert_onnx.export.defaults` without the exporter, and torch loads only when an export runs.
 """
 
-from .checkpoint import CheckpointError, CheckpointSpec, HeadSpec, read_checkpoint
-from .pipeline import ExportConfig, export_model
-from .precision import DEFAULT_MIN_COSINE, PRECISIONS, Fp16Options, Int8Options
-from .source import SourceError
-from .validation import ValidationError
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "CheckpointError", "CheckpointSpec", "DEFAULT_MIN_COSINE", "ExportConfig", "Fp16Options", "HeadSpec",
-    "Int8Options", "PRECISIONS", "SourceError", "ValidationError", "export_model", "read_checkpoint",
-]
+_HOMES = {
+    "CheckpointError": ".checkpoint", "CheckpointSpec": ".checkpoint", "HeadConfig": ".checkpoint",
+    "read_checkpoint": ".checkpoint",
+    "DEFAULT_MIN_COSINE": ".defaults", "PRECISIONS": ".defaults",
+    "ExportConfig": ".pipeline", "export_model": ".pipeline",
+    "Fp16Options": ".precision", "Int8Options": ".precision",
+    "SourceError": ".source",
+    "ValidationError": ".validation",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import unicodedata
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -10,13 +14,42 @@ from torch import nn
 
 from .torch_modules import EncoderModule, HeadModule, PoolingModule
 
-MIN_OPSET = 17
 ENCODER_FILE = "encoder.onnx"
 POOLING_FILE = "pooling.onnx"
 
 
-def head_file(name: str) -> str:
-    return f"heads/{name}.onnx"
+# A head name that already reads as a portable file name keeps it: `heads/anchor.onnx`.
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# Device names that Windows will not open as files, whatever the extension.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def head_files(names: Iterable[str]) -> dict[str, str]:
+    """The graph file of each head (a route name from the checkpoint), unique, under `heads/`.
+
+    Route names are data and never become paths: `anchor` keeps `heads/anchor.onnx`, any other
+    name (`Query Model`, `запрос`, `../../x`) gets an ASCII slug and a hash of the name
+    (`heads/query-model-1a2b3c4d.onnx`). File names are lower case, so no two clash on a
+    case-insensitive file system either; the manifest maps each real name to its file.
+    """
+    files: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        stem = name if _PLAIN_NAME.fullmatch(name) and name not in _RESERVED else _slug_and_hash(name)
+        unique, count = stem, 1
+        while unique in taken:  # only a plain name equal to another name's slug and hash gets here
+            count += 1
+            unique = f"{stem}-{count}"
+        taken.add(unique)
+        files[name] = f"heads/{unique}.onnx"
+    return files
+
+
+def _slug_and_hash(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    slug = re.sub(r"[^a-z0-9_]+", "-", ascii_name).strip("-_")[:40].strip("-_") or "head"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug}-{digest}"
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str,

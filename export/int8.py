@@ -1,26 +1,29 @@
 """The int8 encoder: SmoothQuant, per-token dynamic int8 matmuls and an int8 embedding table.
 
 Why not onnxruntime's `quantize_dynamic`: it quantizes each activation tensor with ONE scale for
-the whole batch, padding included, so a title's embedding changed with its batch neighbours
-(cosine 0.976 between alone and batched on all-MiniLM-L6-v2) and real-weight fidelity stayed
-near 0.98. Its `quantize_static` fixes the batch problem but fell to 0.81 on the same model, and
-`MatMulNBits` (8-bit, int8 compute) was accurate but half as fast on the CPU. onnxruntime has no
-per-token activation quantization for CPU matmuls, so this module writes that graph itself,
-from standard ONNX ops:
+the whole batch, padding included, so a title's embedding changes with its batch neighbours and
+real-weight fidelity stays low; its `quantize_static` fixes the batch problem but loses more
+accuracy, and `MatMulNBits` (8-bit, int8 compute) is accurate but much slower on the CPU
+(figures: `bench/results/levers.md`, `bench/results/peers.md`). onnxruntime has no per-token
+activation quantization for CPU matmuls, so this module writes that graph itself, from standard
+ONNX ops:
 
-* **Per-token activations.** Each row (token) of a matmul input gets its own symmetric scale,
-  `max|x| / 127`, so a token's numbers never depend on other rows: batch invariant by design.
-  The row is quantized to uint8 around zero point 128 and multiplied by int8 weights with
-  `MatMulInteger`; the int32 result is scaled back by row scale times column scale.
-* **Weights:** per output channel, symmetric, 7 bits by default. uint8 x int8 products summed in
-  pairs overflow 16 bits on AVX2 CPUs without VNNI at 8 bits (onnxruntime's "reduce_range");
-  7-bit weights keep one artifact correct on every x86 CPU.
+* **Per-token activations.** Each row (token) of a matmul input gets its own scale, so a token's
+  numbers never depend on other rows: batch invariant by design. Symmetric rows use
+  `max|x| / 127` around zero point 128; rows of one-sided inputs (GELU outputs, found by
+  calibration) use [min, max] with a zero point per row, subtracted exactly in int32. The uint8
+  rows are multiplied by int8 weights with `MatMulInteger`, and the int32 result is scaled back
+  by row scale times column scale.
+* **Weights:** per output channel, symmetric, 8 bits with each pair of rows trimmed so that
+  |w[2j]| + |w[2j+1]| <= 128 (`quantize_weight`). uint8 x int8 products summed in pairs would
+  saturate 16 bits on AVX2 CPUs without VNNI otherwise; within that budget one artifact is exact
+  on every x86 CPU (`bench/results/avx2_exactness.md`).
 * **SmoothQuant** (Xiao et al., 2023): a few activation channels carry outliers that would eat a
   row's 8-bit range. Calibrated on job titles, each matmul input channel `c` is divided by
   `s_c = max|x_c|^alpha / max|W_c|^(1 - alpha)` (one `Mul`) and the weight rows multiplied by it,
   which is exact in fp32 and moves the difficulty into the weights.
 * **Embedding table:** symmetric int8 per row, looked up with two `Gather`s (rows and their
-  scales). A 250k-row table is 768 MB in fp32 and 192 MB so.
+  scales): a quarter of the fp32 table's size.
 """
 
 from __future__ import annotations
@@ -94,16 +97,18 @@ def matmul_inputs(model: onnx.ModelProto, matmuls: Sequence[str]) -> list[str]:
 
 
 def channel_maxima(source: onnx.ModelProto, tensors: Sequence[str], batches: Iterable[Feed],
-                   extremes: dict[str, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+                   extremes: dict[str, tuple[float, float]] | None = None,
+                   scratch_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Max |x| per last-axis channel of each named tensor over the real (unpadded) tokens of `batches`;
-    the signed (min, max) of each tensor go into `extremes` when it is given."""
+    the signed (min, max) of each tensor go into `extremes` when it is given. The measuring graph
+    is written under `scratch_dir` (None: $TMPDIR)."""
     import onnxruntime as ort
 
     model = onnx.ModelProto()
     model.CopyFrom(source)  # the named tensors become extra outputs of a copy
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors if t not in known)
-    with tempfile.TemporaryDirectory(prefix="jobbert-onnx-calibrate-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="jobbert-onnx-calibrate-", dir=scratch_dir) as scratch:
         path = Path(scratch) / "calibrate.onnx"
         onnx.save(model, str(path), save_as_external_data=model.ByteSize() > 2**30)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

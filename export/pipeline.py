@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from collections.abc import Iterable
@@ -13,17 +12,17 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
+from jobbert_onnx.runtime.manifest import EncoderEntry, HeadEntry, Manifest, PoolingEntry, TokenizerEntry
 
 from . import graphs, int8_plans
 from .artifact import check_target, save_graph, staged_folder
 from .calibration import builtin_texts, read_texts
-from .checkpoint import CheckpointSpec, read_checkpoint
-from .precision import (DEFAULT_MARGIN, DEFAULT_MIN_COSINE, PRECISIONS, UNCHANGED, Calibration, Fp16Options,
-                        Int8Options, graph_transforms)
+from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
+from .defaults import DEFAULT_MARGIN, DEFAULT_MIN_COSINE, DEFAULT_TOKENIZER, MIN_OPSET, PRECISIONS, TOKENIZER_CHOICES
+from .precision import UNCHANGED, Calibration, Fp16Options, Int8Options, graph_transforms
 from .probes import probe_texts
 from .source import resolve_source
-from .tokenizer_choice import DEFAULT_TOKENIZER, TOKENIZER_CHOICES, TokenizerCheck, choose_tokenizer, tokenizer_spec
+from .tokenizer_choice import TokenizerCheck, choose_tokenizer, tokenizer_entry
 from .validation import check_thresholds, reference_embeddings, validate_artifact
 
 _VERSIONED = ("jobbert-onnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime",
@@ -38,7 +37,7 @@ class ExportConfig:
     output: Path
     precision: str = "fp32"
     revision: str | None = None
-    opset: int = graphs.MIN_OPSET
+    opset: int = MIN_OPSET
     overwrite: bool = False
     validate: bool = True
     allow_pickle: bool = False
@@ -54,8 +53,8 @@ class ExportConfig:
         self.output = Path(self.output)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        if self.opset < graphs.MIN_OPSET:
-            raise ValueError(f"opset {self.opset}: must be {graphs.MIN_OPSET} or newer")
+        if self.opset < MIN_OPSET:
+            raise ValueError(f"opset {self.opset}: must be {MIN_OPSET} or newer")
         if self.tokenizer not in TOKENIZER_CHOICES:
             raise ValueError(f"tokenizer {self.tokenizer!r}: expected one of {', '.join(TOKENIZER_CHOICES)}")
 
@@ -89,10 +88,10 @@ def _load_tokenizer(spec: CheckpointSpec, config: ExportConfig, probes: list[str
     return choose_tokenizer(spec, config.tokenizer, probes, calibration)
 
 
-def _write_tokenizer(spec: CheckpointSpec, tokenizer, stage: Path) -> TokenizerSpec:
+def _write_tokenizer(spec: CheckpointSpec, tokenizer, stage: Path) -> TokenizerEntry:
     """Write the tokenizer's backend as `tokenizer.json` and describe how to call it."""
     (stage / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
-    return tokenizer_spec(spec, tokenizer)
+    return tokenizer_entry(spec, tokenizer)
 
 
 @dataclass
@@ -114,11 +113,12 @@ def _export_fp32(spec: CheckpointSpec, tokenizer_outputs: list[str], folder: Pat
     done(graphs.POOLING_FILE)
     pooled_dim = spec.pooling.output_dimension
     heads = {}
+    files = graphs.head_files(spec.heads)  # route names are data: never a path
     for name, head in spec.heads.items():
-        graphs.export_head(HeadModule(head), pooled_dim, folder / graphs.head_file(name), opset)
-        heads[name] = HeadEntry(file=graphs.head_file(name), dimension=head.output_dimension(pooled_dim),
+        graphs.export_head(HeadModule(head), pooled_dim, folder / files[name], opset)
+        heads[name] = HeadEntry(file=files[name], dimension=head.output_dimension(pooled_dim),
                                 modules=[m.describe() for m in head.modules])
-        done(graphs.head_file(name))
+        done(files[name])
     return _Fp32Graphs(folder, encoder.input_names, heads)
 
 
@@ -151,12 +151,25 @@ def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Optio
     return info
 
 
+def _reference(model_dir: Path, probes: list[str], spec: CheckpointSpec) -> dict[str, np.ndarray]:
+    """sentence-transformers' embeddings of the probes, for every head; a model it cannot load
+    (e.g. a route name with a dot, which torch refuses) is a `CheckpointError`."""
+    try:
+        return reference_embeddings(model_dir, probes, list(spec.heads), routed=spec.router_kind is not None)
+    except Exception as exc:  # whatever fails inside sentence-transformers; chained, so --debug shows it
+        raise CheckpointError(
+            f"{model_dir}: sentence-transformers cannot run this model, so the export cannot be validated "
+            f"({type(exc).__name__}: {exc}). Fix the checkpoint, or pass --no-validate to export it unchecked."
+        ) from exc
+
+
 def export_model(config: ExportConfig) -> Path:
     """Export `config.model` to an artifact folder at `config.output` and return its path.
 
     Nothing is written at `config.output` unless every step, validation included, succeeds.
     """
-    check_target(config.output, config.overwrite)  # fail before any slow work
+    local = Path(config.model).expanduser()
+    check_target(config.output, config.overwrite, local if local.is_dir() else None)  # before any download
     source = resolve_source(config.model, config.revision)
     spec = read_checkpoint(source.path, allow_pickle=config.allow_pickle)
     # The tokenizer check compares on the calibration texts at every precision; only int8 calibrates.
@@ -175,15 +188,15 @@ def export_model(config: ExportConfig) -> Path:
 
         reference = None
         if config.validate:
-            reference = reference_embeddings(source.path, probes, list(spec.heads), routed=spec.router_kind is not None)
+            reference = _reference(source.path, probes, spec)
             done("sentence-transformers reference")
 
-        with tempfile.TemporaryDirectory(prefix="jobbert-onnx-fp32-") as scratch, \
-                staged_folder(config.output, config.overwrite) as stage:
-            fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, Path(scratch), config.opset, done)
+        with staged_folder(config.output, config.overwrite, source.path) as staging:
+            stage = staging.artifact
+            fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, staging.scratch, config.opset, done)
             encoder_transform, head_transform = graph_transforms(config.precision)
             feeds = Calibration(_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
-                                if calibration_texts else [])
+                                if calibration_texts else [], scratch=staging.scratch)
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
             for entry in fp32.heads.values():
                 entry.transform = _place(fp32.folder, stage, entry.file, head_transform)
@@ -198,7 +211,7 @@ def export_model(config: ExportConfig) -> Path:
                 texts = int8_plans.sensitivity_texts(calibration_texts)
                 scored = _calibration_feeds(texts, hf_tokenizer, spec, fp32.encoder_inputs, batch_size=64)
                 ranking = rank_matmuls(encoder_transform, onnx.load(str(fp32.folder / graphs.ENCODER_FILE)), feeds,
-                                       scored, onnx.load(str(fp32.folder / graphs.POOLING_FILE)))
+                                       scored, onnx.load(str(fp32.folder / graphs.POOLING_FILE)), staging.scratch)
                 done("int8 sensitivity ranking")
                 return ranking.ranked
 
@@ -216,14 +229,17 @@ def export_model(config: ExportConfig) -> Path:
                     opset=config.opset,
                     precision=config.precision,
                     tokenizer=tokenizer,
-                    encoder=EncoderSpec(file=graphs.ENCODER_FILE, input_names=fp32.encoder_inputs,
+                    encoder=EncoderEntry(file=graphs.ENCODER_FILE, input_names=fp32.encoder_inputs,
                                         hidden_size=spec.transformer.hidden_size, transform=encoder_info),
-                    pooling=PoolingSpec(file=graphs.POOLING_FILE, modes=spec.pooling.modes,
-                                        dimension=spec.pooling.output_dimension, transform=pooling_info),
+                    pooling=PoolingEntry(file=graphs.POOLING_FILE, modes=spec.pooling.modes,
+                                         dimension=spec.pooling.output_dimension, transform=pooling_info,
+                                         include_prompt=spec.pooling.include_prompt),
                     heads=fp32.heads,
                     default_head=spec.default_head,
                     validation={"performed": False, "reason": "--no-validate: the reference stack was not run"},
                     tokenizer_check=tokenizer_check.to_manifest(),
+                    prompts=spec.prompts.texts,
+                    default_prompt_name=spec.prompts.default_name,
                 )
                 manifest.record_files(stage)
                 manifest.save(stage)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from .defaults import PRECISIONS
 
 if TYPE_CHECKING:  # onnx is imported only where a transform runs
     from onnx import ModelProto
-
-PRECISIONS = ("fp32", "fp16", "int8")
-# Minimum cosine against sentence-transformers, per precision (export fails below it).
-DEFAULT_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
-# int8 tries more accurate plans until the worst probe clears the threshold by this much.
-DEFAULT_MARGIN = {"fp32": 0.0, "fp16": 0.0, "int8": 0.005}
 
 
 @dataclass
@@ -28,6 +25,9 @@ class Calibration:
     feeds: list[dict[str, Any]]
     maxima: dict[str, Any] = field(default_factory=dict)
     extremes: dict[str, tuple[float, float]] = field(default_factory=dict)  # signed (min, max) per tensor
+    # Where the measuring graph's encoder-sized copy goes (None: $TMPDIR). The exporter passes its
+    # staging folder, so a killed export leaves nothing behind that the next one cannot clean.
+    scratch: Path | None = None
 
     def __iter__(self):
         return iter(self.feeds)
@@ -38,7 +38,7 @@ class Calibration:
 
         missing = [t for t in tensors if t not in self.maxima]
         if missing:
-            self.maxima.update(int8.channel_maxima(model, missing, self.feeds, self.extremes))
+            self.maxima.update(int8.channel_maxima(model, missing, self.feeds, self.extremes, self.scratch))
         return {t: self.maxima[t] for t in tensors}
 
 

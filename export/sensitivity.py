@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from jobbert_onnx.runtime.vectors import cosine_rows
+
 from . import int8
 from .precision import Int8Options
 
@@ -59,10 +61,11 @@ class Sensitivity:
 
 
 def rank_matmuls(options: Int8Options, encoder: onnx.ModelProto, calibration: Sequence[Feed],
-                 feeds: Sequence[Feed], pooling: onnx.ModelProto) -> Sensitivity:
+                 feeds: Sequence[Feed], pooling: onnx.ModelProto, scratch_dir: Path | None = None) -> Sensitivity:
     """Rank the MatMuls that `options` quantizes in the fp32 `encoder` by leave-one-out: how much
     the pooled embeddings of `feeds` improve when only that MatMul stays fp32. SmoothQuant is
-    calibrated on `calibration`, as the export does."""
+    calibrated on `calibration`, as the export does. The switchable graph is written under
+    `scratch_dir` (None: $TMPDIR)."""
     import onnxruntime as ort
 
     smoothed = onnx.ModelProto()
@@ -72,7 +75,7 @@ def rank_matmuls(options: Int8Options, encoder: onnx.ModelProto, calibration: Se
     del smoothed
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="jobbert-onnx-sensitivity-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="jobbert-onnx-sensitivity-", dir=scratch_dir) as scratch:
         path = Path(scratch) / "switchable.onnx"
         onnx.save(model, str(path), save_as_external_data=model.ByteSize() > 2**30)
         switchable = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
@@ -89,8 +92,7 @@ def rank_matmuls(options: Int8Options, encoder: onnx.ModelProto, calibration: Se
 
         def loss(flags: np.ndarray) -> float:
             got = pooled(flags)
-            cosine = (got * reference).sum(1) / np.maximum(
-                np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1), 1e-300)
+            cosine = cosine_rows(got, reference)
             return float((1 - cosine).mean() + (1 - cosine).max())
 
         everything = np.ones(len(matmuls), bool)

@@ -22,13 +22,11 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from jobbert_onnx.runtime.manifest import TokenizerSpec
+from jobbert_onnx.runtime.manifest import TokenizerEntry
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 
 from .checkpoint import CheckpointError, CheckpointSpec
 
-TOKENIZER_CHOICES = ("transformers", "checkpoint")
-DEFAULT_TOKENIZER = "transformers"
 CHECKPOINT_FILE = "tokenizer.json"
 MAX_EXAMPLES = 5  # disagreements kept in the manifest, with both id lists
 _BATCH = 256  # texts per encode_batch call: bounds the padded arrays for large --calibration files
@@ -120,9 +118,9 @@ class TokenizerCheck:
         return f"{head} {tail} Details: tokenizer_check in manifest.json."
 
 
-def tokenizer_spec(spec: CheckpointSpec, tokenizer) -> TokenizerSpec:
+def tokenizer_entry(spec: CheckpointSpec, tokenizer) -> TokenizerEntry:
     """How the runtime calls the artifact's tokenizer (`tokenizer`: the chosen transformers tokenizer)."""
-    return TokenizerSpec(
+    return TokenizerEntry(
         file="tokenizer.json",
         max_seq_length=spec.transformer.max_seq_length,
         do_lower_case=spec.transformer.do_lower_case,
@@ -138,7 +136,7 @@ def _load_file(path: Path) -> Tokenizer:
         raise CheckpointError(f"{path}: cannot load the tokenizer ({exc}).") from exc
 
 
-def _token_ids(tokenizer: Tokenizer, spec: TokenizerSpec, texts: list[str]) -> list[list[int]]:
+def _token_ids(tokenizer: Tokenizer, spec: TokenizerEntry, texts: list[str]) -> list[list[int]]:
     """Each text's ids as the runtime computes them with `tokenizer`, padding removed."""
     text_tokenizer = TextTokenizer(tokenizer, spec)
     ids = []
@@ -148,7 +146,7 @@ def _token_ids(tokenizer: Tokenizer, spec: TokenizerSpec, texts: list[str]) -> l
     return ids
 
 
-def compare_tokenizers(checkpoint: Tokenizer, rebuilt: Tokenizer, spec: TokenizerSpec,
+def compare_tokenizers(checkpoint: Tokenizer, rebuilt: Tokenizer, spec: TokenizerEntry,
                        texts: list[str]) -> list[Disagreement]:
     """The texts whose token ids differ between the checkpoint's tokenizer and transformers' rebuild
     (its backend), both run as the runtime runs them."""
@@ -200,7 +198,7 @@ def choose_tokenizer(spec: CheckpointSpec, choice: str, probes: list[str],
 
     checkpoint = _load_file(file)
     texts = list(dict.fromkeys([*probes, *other_texts]))  # each text once, in order
-    disagreements = compare_tokenizers(checkpoint, auto.backend_tokenizer, tokenizer_spec(spec, auto), texts)
+    disagreements = compare_tokenizers(checkpoint, auto.backend_tokenizer, tokenizer_entry(spec, auto), texts)
     probe_set = set(probes)
     check = TokenizerCheck(choice, len(texts), disagreements, sum(d.text in probe_set for d in disagreements),
                            __version__)

@@ -1,5 +1,6 @@
 """PyTorch modules built from a `CheckpointSpec`, shaped for export: one tensor-in, tensor-out
-module per graph (encoder, pooling, each head).
+module per graph (encoder, pooling, each head), and one class per config type of
+`export/checkpoint.py` (each config's `build()` returns its module).
 
 The pooling and head modules are written here rather than taken from sentence-transformers, so
 that export-time validation compares two independent implementations.
@@ -12,7 +13,7 @@ import importlib
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, DenseSpec, HeadSpec, PoolingSpec, TransformerSpec
+from .checkpoint import CheckpointError, DenseConfig, HeadConfig, PoolingConfig, TransformerConfig
 
 
 def load_state_dict(path) -> dict[str, Tensor]:
@@ -39,7 +40,7 @@ class EncoderModule(nn.Module):
     `tokenizer_outputs` is the tokenizer's `model_input_names`.
     """
 
-    def __init__(self, spec: TransformerSpec, tokenizer_outputs: list[str]):
+    def __init__(self, spec: TransformerConfig, tokenizer_outputs: list[str]):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -59,45 +60,71 @@ class EncoderModule(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
 
 
+def _cls(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    # The first attended position, which is 0 unless the batch is left-padded.
+    first = attention_mask.to(torch.int32).argmax(dim=1)
+    index = first.view(-1, 1, 1).expand(-1, 1, token_embeddings.shape[-1])
+    return torch.gather(token_embeddings, 1, index).squeeze(1)
+
+
+def _max(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    return token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+
+
+def _mean_parts(token_embeddings: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    return (token_embeddings * mask).sum(dim=1), torch.clamp(mask.sum(dim=1), min=1e-9)
+
+
+def _mean(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    summed, count = _mean_parts(token_embeddings, attention_mask)
+    return summed / count
+
+
+def _mean_sqrt_len(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    summed, count = _mean_parts(token_embeddings, attention_mask)
+    return summed / torch.sqrt(count)
+
+
+def _weighted_mean(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    positions = torch.arange(1, token_embeddings.shape[1] + 1, dtype=token_embeddings.dtype).view(1, -1, 1)
+    pad_lengths = attention_mask.to(torch.int32).argmax(dim=1).to(token_embeddings.dtype)
+    weights = mask * (positions - pad_lengths.view(-1, 1, 1))
+    summed = (token_embeddings * weights).sum(dim=1)
+    return summed / torch.clamp(weights.sum(dim=1), min=1e-9)
+
+
+def _last_token(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    seq_len = token_embeddings.shape[1]
+    values, indices = attention_mask.to(torch.int32).flip(1).max(dim=1)
+    indices = torch.where(values == 0, torch.full_like(indices, seq_len - 1), indices)
+    index = (seq_len - indices - 1).view(-1, 1, 1).expand(-1, 1, token_embeddings.shape[-1])
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    return torch.gather(token_embeddings * mask, 1, index).squeeze(1)
+
+
+# One function per mode of `checkpoint.POOLING_MODES`, as sentence-transformers computes it.
+POOLING_FUNCTIONS = {
+    "cls": _cls,
+    "max": _max,
+    "mean": _mean,
+    "mean_sqrt_len_tokens": _mean_sqrt_len,
+    "weightedmean": _weighted_mean,
+    "lasttoken": _last_token,
+}
+
+
 class PoolingModule(nn.Module):
     """sentence-transformers pooling over right- or left-padded token embeddings; modes concatenate."""
 
-    def __init__(self, spec: PoolingSpec):
+    def __init__(self, spec: PoolingConfig):
         super().__init__()
-        self.modes = list(spec.modes)
+        self.functions = [POOLING_FUNCTIONS[mode] for mode in spec.modes]
 
     def forward(self, token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
-        mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
-        hidden = token_embeddings.shape[-1]
-        outputs = []
-        for mode in self.modes:
-            if mode == "cls":
-                # The first attended position, which is 0 unless the batch is left-padded.
-                first = attention_mask.to(torch.int32).argmax(dim=1)
-                index = first.view(-1, 1, 1).expand(-1, 1, hidden)
-                outputs.append(torch.gather(token_embeddings, 1, index).squeeze(1))
-            elif mode == "max":
-                outputs.append(token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
-            elif mode in ("mean", "mean_sqrt_len_tokens"):
-                summed = (token_embeddings * mask).sum(dim=1)
-                count = torch.clamp(mask.sum(dim=1), min=1e-9)
-                outputs.append(summed / (count if mode == "mean" else torch.sqrt(count)))
-            elif mode == "weightedmean":
-                seq_len = token_embeddings.shape[1]
-                positions = torch.arange(1, seq_len + 1, dtype=token_embeddings.dtype).view(1, -1, 1)
-                pad_lengths = attention_mask.to(torch.int32).argmax(dim=1).to(token_embeddings.dtype)
-                weights = mask * (positions - pad_lengths.view(-1, 1, 1))
-                summed = (token_embeddings * weights).sum(dim=1)
-                outputs.append(summed / torch.clamp(weights.sum(dim=1), min=1e-9))
-            elif mode == "lasttoken":
-                seq_len = token_embeddings.shape[1]
-                flipped = attention_mask.to(torch.int32).flip(1)
-                values, indices = flipped.max(dim=1)
-                indices = torch.where(values == 0, torch.full_like(indices, seq_len - 1), indices)
-                index = (seq_len - indices - 1).view(-1, 1, 1).expand(-1, 1, hidden)
-                outputs.append(torch.gather(token_embeddings * mask, 1, index).squeeze(1))
-            else:  # read_checkpoint has already refused unknown modes
-                raise CheckpointError(f"pooling mode {mode!r} is not supported")
+        outputs = [pool(token_embeddings, attention_mask) for pool in self.functions]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
 
@@ -113,7 +140,7 @@ def _activation(name: str, where: str) -> nn.Module:
 
 
 class DenseModule(nn.Module):
-    def __init__(self, spec: DenseSpec):
+    def __init__(self, spec: DenseConfig):
         super().__init__()
         self.linear = nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
         self.activation = _activation(spec.activation, str(spec.path / "config.json"))
@@ -135,11 +162,9 @@ class NormalizeModule(nn.Module):
 class HeadModule(nn.Module):
     """The modules of one route, in order; an empty route is the identity."""
 
-    def __init__(self, spec: HeadSpec):
+    def __init__(self, spec: HeadConfig):
         super().__init__()
-        self.layers = nn.ModuleList(
-            DenseModule(m) if isinstance(m, DenseSpec) else NormalizeModule() for m in spec.modules
-        )
+        self.layers = nn.ModuleList(module.build() for module in spec.modules)
 
     def forward(self, sentence_embedding: Tensor) -> Tensor:
         x = sentence_embedding

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jobbert_onnx.runtime.errors import JobbertOnnxError
+from jobbert_onnx.runtime.vectors import cosine_rows
 
 
 class ValidationError(JobbertOnnxError):
@@ -44,11 +45,9 @@ def reference_embeddings(model_dir: Path, texts: list[str], heads: list[str], ro
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> HeadParity:
     """Row-wise cosine and absolute error between two (n, dim) arrays."""
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
-    return HeadParity(float(cosine.min()), float(cosine.mean()), float(np.abs(ref - cand).max()))
+    cosine = cosine_rows(reference, candidate)
+    error = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max()
+    return HeadParity(float(cosine.min()), float(cosine.mean()), float(error))
 
 
 def validate_artifact(folder: Path, texts: list[str], reference: dict[str, np.ndarray]) -> dict[str, HeadParity]:

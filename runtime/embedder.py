@@ -14,8 +14,9 @@ from .manifest import Manifest
 from .providers import ProviderSpec, choose_providers, create_session, cuda_device_id, session_options
 from .tokenization import TextTokenizer
 
-_TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+# Rows per head run in `apply_head`: bounds its intermediate arrays whatever the number of texts.
+_HEAD_ROWS = 1024
 
 
 class _Graph:
@@ -86,18 +87,7 @@ class Embedder:
     ) -> None:
         self._path = Path(path)
         self._manifest = manifest = Manifest.load(self._path)
-        manifest.verify_files(self._path)
-        if manifest.default_head not in manifest.heads:
-            raise ArtifactError(
-                f"{self._path / 'manifest.json'}: default head {manifest.default_head!r} is not one of "
-                f"the heads {sorted(manifest.heads)}."
-            )
-        unknown = [n for n in manifest.encoder.input_names if n not in _TOKENIZER_OUTPUTS]
-        if unknown:
-            raise ArtifactError(
-                f"{self._path / manifest.encoder.file}: encoder inputs {unknown} cannot be produced by the "
-                f"tokenizer (it gives {list(_TOKENIZER_OUTPUTS)})."
-            )
+        manifest.verify_files(self._path)  # the manifest's own fields were checked as it was read
 
         self._tokenizer = TextTokenizer.from_file(self._path / manifest.tokenizer.file, manifest.tokenizer)
         choice = choose_providers(device, providers)
@@ -158,6 +148,55 @@ class Embedder:
             raise UnknownHeadError(f"head {name!r} does not exist; available heads: {', '.join(self.heads)}.")
         return name
 
+    @property
+    def pooled_dimension(self) -> int:
+        """Width of the pooled vectors that `encode_pooled` returns and `apply_head` takes."""
+        return self._manifest.pooling.dimension
+
+    # -- tokens --------------------------------------------------------------------------
+    def token_counts(self, texts: Sequence[str], prompt_name: str | None = None,
+                     prompt: str | None = None) -> np.ndarray:
+        """Tokens per text as `encode` runs it (prompt included, after truncation, special tokens
+        included); int64 [len(texts)]. Counted in chunks, on texts cut to what truncation keeps."""
+        return self._tokenizer.token_counts(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
+
+    def tokenize(self, texts: Sequence[str], prompt_name: str | None = None,
+                 prompt: str | None = None) -> list[list[int]]:
+        """Token ids per text as `encode` runs them (prompt included, truncated, special tokens
+        included, unpadded)."""
+        return self._tokenizer.tokenize(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
+
+    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        """The prompt text to prepend, as sentence-transformers resolves it ("" for none): `prompt`
+        itself, else the prompt called `prompt_name`, else the model's default prompt."""
+        prompts = getattr(self._manifest, "prompts", None) or {}
+        if prompt is not None:
+            if prompt_name is not None:
+                raise ValueError(f"pass prompt_name or prompt, not both (got {prompt_name!r} and {prompt!r}).")
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, not {type(prompt).__name__}.")
+            return prompt
+        if prompt_name is None:
+            default = getattr(self._manifest, "default_prompt_name", None)
+            return prompts.get(default, "") if default is not None else ""
+        if prompt_name not in prompts:
+            known = ", ".join(repr(name) for name in prompts) if prompts else "none"
+            raise ValueError(f"prompt {prompt_name!r} does not exist; this model's prompts: {known}.")
+        return prompts[prompt_name]
+
+    def _prompt_skip(self, prompt: str) -> int:
+        """How many leading tokens pooling leaves out: the prompt's, when the model excludes them."""
+        if not prompt or getattr(self._manifest.pooling, "include_prompt", True):
+            return 0
+        if "weightedmean" in self._manifest.pooling.modes:
+            # sentence-transformers weights positions from the unmasked start; the pooling graph
+            # derives them from the one mask it gets, so the prompt would shift every weight.
+            raise ValueError(
+                f"{self._path}: weightedmean pooling that excludes the prompt (include_prompt: false) cannot "
+                "be computed with this artifact's pooling graph; encode without a prompt."
+            )
+        return self._tokenizer.prompt_length(prompt)
+
     # -- encoding ------------------------------------------------------------------------
     def encode(
         self,
@@ -166,53 +205,100 @@ class Embedder:
         batch_size: int = 32,
         normalize: bool = False,
         show_progress: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
         """Embed `texts` with `head` (default: the default head); returns float32 [len(texts), dim].
 
         Texts are run longest first (by token count) and returned in input order. The default
         batch of 32 is the CPU's best throughput in `bench/results/speed.md`; use 1 for latency.
-        `normalize=True` scales each row to unit L2 norm.
+        `normalize=True` scales each row to unit L2 norm. `prompt_name` picks one of the model's
+        prompts (default: its default prompt, if any) and `prompt` gives the text itself; the
+        prompt is prepended to each stripped text, as sentence-transformers does.
+
+        The same as `apply_head(encode_pooled(texts, batch_size, ...), head, normalize)`.
         """
         texts = _check_texts(texts)
         name = self._resolve_head(head)
+        pooled = self.encode_pooled(texts, batch_size, prompt_name, prompt, show_progress)
+        return self.apply_head(pooled, name, normalize)
+
+    def encode_pooled(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """The encoder and pooling only: float32 [len(texts), pooled_dimension], in input order.
+
+        Runs batches exactly as `encode` does; `apply_head` then gives any head's embeddings, so
+        texts bound for several heads run the encoder once.
+        """
+        texts = _check_texts(texts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1.")
-        out = np.zeros((len(texts), self._manifest.heads[name].dimension), dtype=np.float32)
+        prompt = self._resolve_prompt(prompt_name, prompt)
+        skip = self._prompt_skip(prompt)
+        out = np.zeros((len(texts), self.pooled_dimension), dtype=np.float32)
         if not texts:
             return out
 
+        # Only the cut texts are kept: their length is bounded by what truncation keeps.
         # Batches of texts sorted by token count carry almost no padding: on titles mixed with
         # skill lists, 4% padded tokens against 11% when sorted by characters (as
         # sentence-transformers does). A stable sort keeps equal-length texts in input order.
-        if len(texts) <= batch_size:  # one batch: the order does not matter, skip the counting
-            order = list(range(len(texts)))
-        else:
-            order = np.argsort(-self._tokenizer.token_counts(texts), kind="stable").tolist()
-        head_graph = self._heads[name]
+        # One batch needs no order: it skips the counting.
+        prepared, counts = self._tokenizer.prepare_many(texts, prompt, count=len(texts) > batch_size)
+        order = np.argsort(-counts, kind="stable").tolist()
         with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                tokens = self._tokenizer([texts[i] for i in rows])
-                out[rows] = self._run(tokens, head_graph)
+                out[rows] = self._pool(self._tokenizer.batch([prepared[i] for i in rows]), skip)
                 bar.update(len(rows))
+        return out
 
+    def apply_head(self, pooled: np.ndarray, head: str | None = None, normalize: bool = False) -> np.ndarray:
+        """Run `head` (default: the default head) on pooled vectors [n, pooled_dimension] from
+        `encode_pooled`; returns float32 [n, dim]. `normalize=True` scales each row to unit L2 norm."""
+        name = self._resolve_head(head)
+        pooled = np.asarray(pooled, dtype=np.float32)
+        if pooled.ndim != 2 or pooled.shape[1] != self.pooled_dimension:
+            raise ValueError(
+                f"pooled vectors must have shape (n, {self.pooled_dimension}), got {pooled.shape}; "
+                "pass what encode_pooled returns."
+            )
+        graph = self._heads[name]
+        out = np.zeros((len(pooled), self._manifest.heads[name].dimension), dtype=np.float32)
+        for start in range(0, len(pooled), _HEAD_ROWS):
+            feed = {"sentence_embedding": pooled[start : start + _HEAD_ROWS]}
+            if self._binding is None:
+                out[start : start + _HEAD_ROWS] = graph(feed)
+            else:
+                out[start : start + _HEAD_ROWS] = graph.run_bound(feed, *self._binding).numpy()
         if normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.maximum(norms, np.finfo(np.float32).tiny)
         return out
 
-    def _run(self, tokens: dict[str, np.ndarray], head: _Graph) -> np.ndarray:
-        """Encoder -> pooling -> head for one tokenized batch."""
+    def _pool(self, tokens: dict[str, np.ndarray], skip: int) -> np.ndarray:
+        """Encoder -> pooling for one tokenized batch. The encoder sees every token; pooling leaves out
+        the first `skip` positions (sentence-transformers' `include_prompt=False`)."""
         encoder_feed = {n: tokens[n] for n in self._encoder_inputs}
+        pooling_mask = tokens["attention_mask"]
+        if skip:
+            pooling_mask = pooling_mask.copy()
+            pooling_mask[:, :skip] = 0
         if self._binding is None:
             token_embeddings = self._encoder(encoder_feed)
-            pooled = self._pooling({"token_embeddings": token_embeddings, "attention_mask": tokens["attention_mask"]})
-            return head({"sentence_embedding": pooled})
+            return self._pooling({"token_embeddings": token_embeddings, "attention_mask": pooling_mask})
         device, device_id = self._binding
+        # On CUDA the token embeddings stay on the GPU between the two graphs.
         token_embeddings = self._encoder.run_bound(encoder_feed, device, device_id)
         pooled = self._pooling.run_bound(
-            {"token_embeddings": token_embeddings, "attention_mask": tokens["attention_mask"]}, device, device_id)
-        return head.run_bound({"sentence_embedding": pooled}, device, device_id).numpy()
+            {"token_embeddings": token_embeddings, "attention_mask": pooling_mask}, device, device_id)
+        return pooled.numpy()
 
 
 def _check_texts(texts: Sequence[str] | Iterable[str]) -> list[str]:

@@ -7,63 +7,59 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
-from tokenizers.normalizers import Lowercase
-from tokenizers.normalizers import Sequence as NormalizerSequence
+from tokenizers import Encoding, Tokenizer
 
 from .errors import ArtifactError
-from .manifest import TokenizerSpec
+from .manifest import TokenizerEntry
+from .prefix_cut import PrefixCutter, build_normalizer, describe
 
 # Python strings may hold lone surrogates (e.g. from `surrogateescape` decoding), but the Rust
 # tokenizer only accepts valid Unicode and raises on them; U+FFFD is what a lenient UTF-8 decoder
 # would have produced for the same bad bytes.
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# Texts are counted this many at a time, so that counting never holds every encoding at once.
+COUNT_CHUNK = 1024
 
 
-def _has_lowercase(normalizer: object) -> bool:
+def _has_lowercase(normalizer: dict | None) -> bool:
     """Same test as sentence-transformers: a top-level `Lowercase`, or one inside a `Sequence`."""
     if normalizer is None:
         return False
-    if isinstance(normalizer, Lowercase):
-        return True
-    if isinstance(normalizer, NormalizerSequence):
-        return any(isinstance(n, Lowercase) for n in normalizer)
-    return False
+    parts = normalizer["normalizers"] if normalizer["type"] == "Sequence" else [normalizer]
+    return any(part["type"] == "Lowercase" for part in parts)
 
 
 class TextTokenizer:
     """Batch tokenizer: strip, optional lower-casing, truncation to `max_seq_length`, right padding
     to the longest text of the batch.
 
-    Padding and truncation are configured once here and never changed afterwards, so one instance
-    can serve concurrent `__call__`s (mutating them would need an exclusive borrow of the Rust object).
+    Long texts are cut before tokenizing (`prefix_cut.PrefixCutter`) where the cut provably keeps
+    the ids, so time and memory depend on what truncation keeps, not on the text's length.
+    Truncation is configured once here and never changed afterwards, so one instance can serve
+    concurrent calls (mutating it would need an exclusive borrow of the Rust object).
     """
 
-    def __init__(self, tokenizer: Tokenizer, spec: TokenizerSpec) -> None:
+    def __init__(self, tokenizer: Tokenizer, spec: TokenizerEntry) -> None:
         self.spec = spec
         self._tokenizer = tokenizer
         # Settings saved inside tokenizer.json (e.g. a fixed pad length or the model_max_length
-        # truncation) must not leak in: sentence-transformers applies its own.
+        # truncation) must not leak in: sentence-transformers applies its own. Padding is done here.
         tokenizer.no_padding()
         tokenizer.no_truncation()
         if spec.do_lower_case:
             # sentence-transformers 6 prepends Lowercase to the backend normalizer unless present.
-            normalizer = tokenizer.normalizer
+            normalizer = describe(tokenizer.normalizer)
             if not _has_lowercase(normalizer):
-                normalizers = [Lowercase()]
-                if isinstance(normalizer, NormalizerSequence):
-                    normalizers += list(normalizer)
-                elif normalizer is not None:
-                    normalizers.append(normalizer)
-                tokenizer.normalizer = NormalizerSequence(normalizers)
+                parts = [] if normalizer is None else normalizer["normalizers"] if normalizer["type"] == "Sequence" \
+                    else [normalizer]
+                tokenizer.normalizer = build_normalizer([{"type": "Lowercase"}, *parts])
         # Counts the special tokens, like transformers' `truncation=True, max_length=...`.
         tokenizer.enable_truncation(spec.max_seq_length, stride=0, strategy="longest_first", direction="right")
-        # An unpadded twin counts tokens, so that batches can be formed by token count.
-        self._counter = Tokenizer.from_str(tokenizer.to_str())
-        tokenizer.enable_padding(direction="right", pad_id=spec.pad_token_id, pad_type_id=0, pad_token=spec.pad_token)
+        self._cutter = PrefixCutter.for_tokenizer(tokenizer, spec.max_seq_length)
+        self._special_ids = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
 
     @classmethod
-    def from_file(cls, path: str | Path, spec: TokenizerSpec) -> "TextTokenizer":
+    def from_file(cls, path: str | Path, spec: TokenizerEntry) -> "TextTokenizer":
         """Load a `tokenizer.json`; raises `ArtifactError` naming the file if it cannot be read."""
         try:
             tokenizer = Tokenizer.from_file(str(path))
@@ -71,22 +67,79 @@ class TextTokenizer:
             raise ArtifactError(f"{path}: cannot load the tokenizer ({exc}).") from exc
         return cls(tokenizer, spec)
 
-    def prepare(self, text: str) -> str:
-        """The text exactly as it is handed to the Rust tokenizer."""
+    @property
+    def cuts_long_texts(self) -> bool:
+        """Whether long texts are cut before tokenizing (False: this tokenizer has a stage the cutter
+        does not know, and long texts are tokenized whole)."""
+        return self._cutter is not None
+
+    def prepare(self, text: str, prompt: str = "") -> str:
+        """The text exactly as it is handed to the Rust tokenizer: stripped, `prompt` prepended, lone
+        surrogates replaced, and cut when long (same ids after truncation)."""
+        return self._prepare(text, prompt)[0]
+
+    def _prepare(self, text: str, prompt: str) -> tuple[str, bool]:
+        """`prepare`, and whether the cut already proved the text fills `max_seq_length` tokens."""
         if self.spec.strip:
             text = text.strip()
-        return _SURROGATES.sub("\ufffd", text)
+        text = _SURROGATES.sub("\ufffd", prompt + text)  # no copy when there is nothing to change
+        return self._cutter.cut(text) if self._cutter is not None else (text, False)
 
-    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+    def prepare_many(self, texts: Sequence[str], prompt: str = "", count: bool = True) -> tuple[list[str], np.ndarray]:
+        """The prepared texts and their `token_counts` (all 0 unless `count`). Only the prepared texts
+        are kept (bounded by what truncation keeps), and they are counted `COUNT_CHUNK` at a time."""
+        prepared, counts = [], np.zeros(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            text, full = self._prepare(text, prompt)
+            prepared.append(text)
+            counts[i] = self.spec.max_seq_length if full else 0
+        if not count:
+            return prepared, np.zeros(len(texts), dtype=np.int64)
+        unknown = np.flatnonzero(counts == 0)
+        for start in range(0, len(unknown), COUNT_CHUNK):
+            rows = unknown[start:start + COUNT_CHUNK]
+            counts[rows] = [len(e.ids) for e in self.encodings([prepared[i] for i in rows])]
+        return prepared, counts
+
+    def encodings(self, prepared: Sequence[str]) -> list[Encoding]:
+        """`tokenizers` encodings of prepared texts: truncated, special tokens added, unpadded."""
+        return self._tokenizer.encode_batch(list(prepared), add_special_tokens=True)
+
+    def token_counts(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
         """Tokens per text after truncation, special tokens included (what a batch row costs)."""
-        encodings = self._counter.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True)
-        return np.array([len(e.ids) for e in encodings], dtype=np.int64)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), COUNT_CHUNK):
+            counts[start:start + COUNT_CHUNK] = self.prepare_many(texts[start:start + COUNT_CHUNK], prompt)[1]
+        return counts
 
-    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
+        """Token ids per text after truncation, special tokens included, unpadded."""
+        return [e.ids for e in self.encodings([self.prepare(t, prompt) for t in texts])]
+
+    def batch(self, prepared: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tokenize prepared texts; int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq],
+        right-padded with the pad token (type id 0) to the longest text."""
+        encodings = self.encodings(prepared)
+        width = max((len(e.ids) for e in encodings), default=0)
+        ids = np.full((len(encodings), width), self.spec.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+            types[row, :n] = encoding.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def __call__(self, texts: Sequence[str], prompt: str = "") -> dict[str, np.ndarray]:
         """Tokenize a batch; returns int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq]."""
-        encodings = self._tokenizer.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+        return self.batch([self.prepare(t, prompt) for t in texts])
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens that pooling leaves out for `prompt` when the model says `include_prompt: false`,
+        by sentence-transformers' rule: the prompt tokenized alone (special tokens included, so a
+        leading CLS counts), less one when its last token is a special token; 0 for no prompt."""
+        if not prompt:
+            return 0
+        ids = self._tokenizer.encode(_SURROGATES.sub("\ufffd", prompt), add_special_tokens=True).ids
+        return len(ids) - (1 if ids and ids[-1] in self._special_ids else 0)

@@ -20,7 +20,8 @@ check_venv() {  # $1: venv folder, $2...: extra pip arguments
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" .
   local python
   python=$(cd "$venv" && pwd)/bin/python
-  # Run from elsewhere, or the checkout's jobbert_onnx/ folder would shadow the installed package.
+  # From the repository root: the checkout must not shadow the installed package (src/ layout).
+  "$python" -c 'from jobbert_onnx import Embedder'
   (
     cd "$work"
     for module in torch transformers sentence_transformers onnx; do

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jobbert_onnx.runtime.vectors import cosine_rows  # noqa: F401  (re-exported: the tests' one cosine)
+
 
 @lru_cache(maxsize=None)
 def st_model(model_dir: Path):
@@ -20,9 +22,3 @@ def st_embeddings(model_dir: Path, texts: list[str], head: str = "default") -> n
     kwargs = {} if head == "default" else {"task": head}
     stripped = [t.strip() for t in texts]
     return st_model(Path(model_dir)).encode(stripped, batch_size=8, convert_to_numpy=True, **kwargs)
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import peers, report, speed
+from bench import peers, report, roofline, speed_report
 from bench.workload import DataError, load_tasks, skill_lists, unique_titles
 
 
@@ -46,7 +46,7 @@ def test_workload_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_padded_tokens_follow_token_sorted_batches() -> None:
     lengths = [2, 5, 3, 4]  # sorted by tokens, as the runtime batches them: 5 4 | 3 2
-    tokens, sequence = speed.padded_tokens(lengths, 2)
+    tokens, sequence = roofline.padded_tokens(lengths, 2)
     assert tokens == 2 * 5 + 2 * 3  # (5, 4) padded to 5, (3, 2) padded to 3
     assert sequence == pytest.approx((2 * 25 + 2 * 9) / 16)
 
@@ -63,7 +63,7 @@ def _result(seed: float, int8_b8: float) -> dict:
 
 
 def test_targets_are_ratios_of_the_same_run() -> None:
-    met = {t["target"]: t for t in speed.targets(_result(seed=10.0, int8_b8=35.0))}
+    met = {t["target"]: t for t in speed_report.targets(_result(seed=10.0, int8_b8=35.0))}
     assert met["int8 throughput at batch 8 vs seed recipe"]["measured"] == pytest.approx(3.5)
     assert met["best int8 throughput vs PyTorch's best batch"]["measured"] == pytest.approx(35 / 12)
     assert met["best int8 throughput vs PyTorch's best batch"]["met"] is False
@@ -137,12 +137,12 @@ def test_peers_choice() -> None:
 
 def test_peer_targets_compare_with_the_best_peer_of_the_run() -> None:
     result = _result(seed=10.0, int8_b8=35.0)
-    assert not [t for t in speed.targets(result) if "peer" in t["target"]]  # a run without peers
+    assert not [t for t in speed_report.targets(result) if "peer" in t["target"]]  # a run without peers
     result["throughput"] |= {"onnx-int8": {"8": 35.0, "32": 130.0}, "st-onnx-int8": {"8": 30.0, "32": 100.0},
                              "fastembed-int8": {"8": 28.0, "32": 90.0}, "st-onnx-fp32": {"32": 50.0}}
     result["latency_ms"] |= {"onnx-fp32": {"p50_ms": 11.0}, "st-onnx-int8": {"p50_ms": 8.0},
                              "fastembed-int8": {"p50_ms": 6.0}, "st-onnx-fp32": {"p50_ms": 10.0}}
-    met = {t["target"]: t for t in speed.targets(result)}
+    met = {t["target"]: t for t in speed_report.targets(result)}
     fastest = met["int8 throughput at batch 32 vs the best peer's int8 (st-onnx-int8)"]
     assert fastest["measured"] == pytest.approx(1.3) and fastest["met"] is True
     quickest = met["int8 p50 latency vs the best peer's int8 (fastembed-int8)"]

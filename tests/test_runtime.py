@@ -85,8 +85,10 @@ def test_batch_invariance(embedder: Embedder) -> None:
     np.testing.assert_allclose(inside, embedder.encode([short])[0], atol=1e-6)
 
 
-def test_tokenizer_ids(embedder: Embedder) -> None:
-    tokens = embedder._tokenizer(["  HELLO World ", "nurse", "unknown-word"])
+def test_tokenizer_ids(embedder: Embedder, artifact: Path) -> None:
+    assert embedder.tokenize(["  HELLO World ", "nurse"]) == [toy.reference_ids("hello world"), toy.reference_ids("nurse")]
+    tokenizer = TextTokenizer.from_file(artifact / "tokenizer.json", Manifest.load(artifact).tokenizer)
+    tokens = tokenizer(["  HELLO World ", "nurse", "unknown-word"])
     assert tokens["input_ids"].dtype == np.int64
     assert tokens["input_ids"].tolist() == [
         toy.reference_ids("hello world"),
@@ -99,11 +101,11 @@ def test_tokenizer_ids(embedder: Embedder) -> None:
     assert tokens["token_type_ids"].tolist() == [[0] * 4] * 3
 
 
-def test_token_counts_match_the_attention_mask(embedder: Embedder) -> None:
+def test_token_counts_match_the_token_ids(embedder: Embedder) -> None:
     # Counted as the batch will hold them: lower-cased, stripped, truncated, special tokens in.
     texts = ["  HELLO World ", "nurse", "unknown-word", "python " * 5000, ""]
-    counts = embedder._tokenizer.token_counts(texts)
-    assert counts.tolist() == embedder._tokenizer(texts)["attention_mask"].sum(axis=1).tolist()
+    counts = embedder.token_counts(texts)
+    assert counts.tolist() == [len(ids) for ids in embedder.tokenize(texts)]
     assert counts.max() == Manifest.load(embedder.path).tokenizer.max_seq_length
 
 
@@ -130,9 +132,9 @@ def test_no_lowercase_when_not_asked(artifact: Path) -> None:
 
 def test_long_text_truncated(embedder: Embedder) -> None:
     long_text = "python " * 5000
-    tokens = embedder._tokenizer([long_text, "nurse"])
-    assert tokens["input_ids"].shape == (2, toy.MAX_SEQ_LENGTH)
-    assert tokens["input_ids"][0, -1] == toy.VOCAB["[SEP]"]
+    ids = embedder.tokenize([long_text, "nurse"])
+    assert len(ids[0]) == toy.MAX_SEQ_LENGTH
+    assert ids[0][-1] == toy.VOCAB["[SEP]"]
     first_words = " ".join(["python"] * (toy.MAX_SEQ_LENGTH - 2))
     np.testing.assert_allclose(embedder.encode([long_text]), embedder.encode([first_words]), atol=1e-6)
 
@@ -141,7 +143,8 @@ def test_lone_surrogate_and_control_characters(embedder: Embedder) -> None:
     texts = ["a\ud800b", "\udfff", "x\x00y\x07", "\x1b[31mred\x1b[0m", "tab\tand\nnewline", "\ud83d\ude00"]
     out = embedder.encode(texts)
     assert out.shape == (len(texts), 6) and np.isfinite(out).all()
-    assert embedder._tokenizer.prepare("a\ud800b") == "a\ufffdb"
+    tokenizer = TextTokenizer.from_file(embedder.path / "tokenizer.json", Manifest.load(embedder.path).tokenizer)
+    assert tokenizer.prepare("a\ud800b") == "a\ufffdb"
     np.testing.assert_allclose(out, reference(texts), atol=1e-5)
 
 
@@ -346,7 +349,7 @@ def test_runtime_imports_no_heavy_packages(artifact: Path) -> None:
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=artifact)  # not the checkout, whose jobbert_onnx/ lacks the mapped subpackages
+                            cwd=artifact)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"runtime loaded: {result.stdout.strip()}"
 

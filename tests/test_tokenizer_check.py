@@ -17,19 +17,19 @@ from jobbert_onnx.export.calibration import builtin_texts
 from jobbert_onnx.export.probes import probe_texts
 from jobbert_onnx.export.tokenizer_choice import TokenizerDisagreementWarning, compare_tokenizers
 from jobbert_onnx.runtime import Embedder
-from jobbert_onnx.runtime.manifest import Manifest, TokenizerSpec
+from jobbert_onnx.runtime.manifest import Manifest, TokenizerEntry
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 from tests.fixtures import models
 
 from .reference import cosine_rows, st_embeddings
 from .test_cli import assert_one_line_error, cli
 
-SPEC = TokenizerSpec(file="tokenizer.json", max_seq_length=64, do_lower_case=False, pad_token_id=1, pad_token="<pad>")
+SPEC = TokenizerEntry(file="tokenizer.json", max_seq_length=64, do_lower_case=False, pad_token_id=1, pad_token="<pad>")
 ZH_SKILLS = next(text for text in probe_texts() if "，" in text)  # the probe with full-width commas
 CHECKED = list(dict.fromkeys([*probe_texts(), *builtin_texts()]))  # what an export without --calibration compares
 
 
-def runtime_ids(tokenizer_json: Path, spec: TokenizerSpec, texts: list[str]) -> list[list[int]]:
+def runtime_ids(tokenizer_json: Path, spec: TokenizerEntry, texts: list[str]) -> list[list[int]]:
     """Each text's ids as the runtime computes them with `tokenizer_json`, padding removed."""
     batch = TextTokenizer.from_file(tokenizer_json, spec)(texts)
     return [row[mask == 1].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]

@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from jobbert_onnx.runtime.manifest import EncoderSpec, HeadEntry, Manifest, PoolingSpec, TokenizerSpec
+from jobbert_onnx.runtime.manifest import EncoderEntry, HeadEntry, Manifest, PoolingEntry, TokenizerEntry
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 WORDS = "hello world data engineer nurse software developer senior junior python java care red".split()
@@ -143,15 +143,15 @@ def build(folder: Path) -> Path:
         versions={"jobbert_onnx": "0.1.0"},
         opset=OPSET,
         precision="fp32",
-        tokenizer=TokenizerSpec(
+        tokenizer=TokenizerEntry(
             file="tokenizer.json",
             max_seq_length=MAX_SEQ_LENGTH,
             do_lower_case=True,
             pad_token_id=VOCAB["[PAD]"],
             pad_token="[PAD]",
         ),
-        encoder=EncoderSpec(file="encoder.onnx", input_names=["input_ids", "attention_mask"], hidden_size=HIDDEN),
-        pooling=PoolingSpec(file="pooling.onnx", modes=["mean"], dimension=HIDDEN),
+        encoder=EncoderEntry(file="encoder.onnx", input_names=["input_ids", "attention_mask"], hidden_size=HIDDEN),
+        pooling=PoolingEntry(file="pooling.onnx", modes=["mean"], dimension=HIDDEN),
         heads={
             name: HeadEntry(file=f"heads/{name}.onnx", dimension=dim, modules=["Dense"])
             for name, dim in HEAD_DIMS.items()

@@ -1,0 +1,15 @@
+"""The exporter's choices and defaults, in one torch-free place: the CLI builds its options from
+them, and `export/pipeline.py` validates against them."""
+
+from __future__ import annotations
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# Minimum cosine against sentence-transformers, per precision (the export fails below it).
+DEFAULT_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
+# int8 tries more accurate plans until the worst probe clears the threshold by this much.
+DEFAULT_MARGIN = {"fp32": 0.0, "fp16": 0.0, "int8": 0.005}
+# The oldest ONNX opset whose ops every graph uses (LayerNormalization is opset 17).
+MIN_OPSET = 17
+# Which tokenizer ships (export/tokenizer_choice.py; README, "Tokenizer choice").
+TOKENIZER_CHOICES = ("transformers", "checkpoint")
+DEFAULT_TOKENIZER = "transformers"

@@ -1,0 +1,206 @@
+"""The embed command's files: texts in (.txt, .jsonl, .csv), embeddings out (.npy, .jsonl, stdout).
+
+Inputs are read line by line, never as one string, with the `csv` and `json` modules doing the
+parsing. Only '\\n' ends a line: U+2028, NEL, '\\v' and the other separators that
+`str.splitlines()` knows stay inside their text. A UTF-8 byte order mark is dropped.
+
+- .txt: one text per line, so rows line up with `wc -l`. One trailing '\\r' is stripped; a blank
+  line is the empty text; a last line without '\\n' counts too.
+- .jsonl: one JSON object per line with a string field `column` (default `text`); blank lines
+  are skipped. Our own JSONL output reads back, whatever its texts hold.
+- .csv: a header row, then records; quoted fields may hold line breaks; blank lines are skipped.
+
+Output files go through `runtime.files.atomic_file`: written beside the target and renamed when
+complete, with the mode a plain write gives (0666 less the umask).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence
+
+from jobbert_onnx.runtime.errors import JobbertOnnxError
+from jobbert_onnx.runtime.files import atomic_file
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_COLUMN = "text"
+OUTPUT_SUFFIXES = (".npy", ".jsonl")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+class InputFileError(JobbertOnnxError):
+    """An input file that cannot be read as texts; the message names the file, the line and why."""
+
+
+class OutputFileError(JobbertOnnxError):
+    """An output file that cannot be written where the user asked; the message names it and says why."""
+
+
+# -- reading -------------------------------------------------------------------------------
+def read_texts(path: str | os.PathLike, column: str | None = None) -> list[str]:
+    """The texts of a .txt, .jsonl or .csv file (any other suffix reads as .txt), in file order.
+
+    `column` names the JSONL/CSV field (default `text`); it is refused for .txt files.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if column is not None and suffix not in (".jsonl", ".csv"):
+        raise InputFileError(f"{path}: --column applies to .jsonl and .csv inputs only.")
+    field = column or DEFAULT_COLUMN
+    try:
+        if suffix == ".jsonl":
+            return list(_jsonl_texts(path, field))
+        if suffix == ".csv":
+            return list(_csv_texts(path, field))
+        return list(_txt_texts(path))
+    except UnicodeDecodeError:
+        raise InputFileError(_not_utf8(path)) from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc}).") from None
+
+
+def _txt_texts(path: Path) -> Iterator[str]:
+    # newline="\n": lines end at '\n' only and keep any '\r' (universal newlines would split at '\r').
+    with open(path, encoding="utf-8-sig", newline="\n") as handle:
+        for line in handle:
+            yield line.removesuffix("\n").removesuffix("\r")
+
+
+def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8-sig", newline="\n") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip(" \t\r\n"):  # JSON's whitespace only: U+2028 alone is an error, not blank
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+            except RecursionError:
+                raise InputFileError(f"{where}: JSON nested too deeply.") from None
+            if not isinstance(record, dict):
+                raise InputFileError(f"{where}: {_json_type(record)}, not a JSON object with a {field!r} field.")
+            if field not in record:
+                raise InputFileError(f"{where}: no {field!r} field (fields: {', '.join(map(repr, record))}); "
+                                     f"choose one with --column.")
+            value = record[field]
+            if not isinstance(value, str):
+                raise InputFileError(f"{where}: field {field!r} is {_json_type(value)}, not a string.")
+            yield value
+
+
+def _csv_texts(path: Path, field: str) -> Iterator[str]:
+    # newline="" hands line ends to the csv module, which keeps them inside quoted fields.
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = csv.DictReader(handle)
+        try:
+            if rows.fieldnames is None:
+                raise InputFileError(f"{path}: empty; a CSV input starts with a header row naming its columns.")
+            if field not in rows.fieldnames:
+                raise InputFileError(f"{path}: no column {field!r} (columns: {', '.join(map(repr, rows.fieldnames))}); "
+                                     f"choose one with --column.")
+            for number, row in enumerate(rows, 1):
+                value = row[field]
+                if value is None:  # DictReader's filler for a row shorter than the header
+                    raise InputFileError(f"{path}:{rows.line_num}: record {number} has no {field!r} value "
+                                         f"(fewer fields than the header).")
+                yield value
+        except csv.Error as exc:
+            raise InputFileError(f"{path}:{rows.line_num}: not valid CSV ({exc}).") from None
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _not_utf8(path: Path) -> str:
+    """The error for a file that is not UTF-8, naming the first bad line (decoding runs in chunks)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):  # binary lines end at b"\n", as our text lines do
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"{path}:{number}: not UTF-8 (byte {line[exc.start]:#04x} at byte {exc.start + 1} of the line); "
+                        f"save the file as UTF-8.")
+    return f"{path}: not UTF-8; save the file as UTF-8."
+
+
+# -- writing -------------------------------------------------------------------------------
+def check_output_name(path: Path) -> str:
+    """The output format of `path` ('.npy' or '.jsonl'), or OutputFileError."""
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise OutputFileError(f"{path}: unknown output format; use a .npy or .jsonl file name.")
+    return suffix
+
+
+Write = Callable[[Sequence[str], "np.ndarray"], None]
+
+
+@contextmanager
+def embeddings_writer(path: Path | None) -> Iterator[Write]:
+    """Yield `write(texts, embeddings)`, saving to .npy or .jsonl, or printing JSON lines when `path` is None.
+
+    The output's staging file is created on entry, beside `path` (missing folders are made): a
+    name that cannot be written fails before the caller encodes anything. `path` is replaced,
+    whole, when the block ends well; on an error or Ctrl-C it is left as it was.
+    """
+    if path is None:
+        yield lambda texts, embeddings: sys.stdout.writelines(_jsonl_lines(texts, embeddings))
+        return
+    suffix = check_output_name(path)
+    with ExitStack() as stack:
+        handle = _open_output(stack, path)
+        if suffix == ".npy":
+            import numpy as np
+
+            yield lambda texts, embeddings: np.save(handle, embeddings)
+        else:
+            yield lambda texts, embeddings: handle.writelines(
+                line.encode("utf-8") for line in _jsonl_lines(texts, embeddings))
+
+
+def _open_output(stack: ExitStack, path: Path) -> BinaryIO:
+    """`atomic_file(path, "wb")` entered on `stack`, or an OutputFileError naming `path` and the reason."""
+    for ancestor in path.parents:  # mkdir would only say 'File exists' for a file in the way
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputFileError(f"{path}: {ancestor} is a file, not a folder.")
+            break
+    if path.is_dir():
+        raise OutputFileError(f"{path}: is a directory; name a file inside it instead.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return stack.enter_context(atomic_file(path, "wb"))
+    except OSError as exc:
+        raise OutputFileError(f"{path}: cannot write there ({exc.strerror or exc}).") from None
+
+
+def write_embeddings(path: Path | None, texts: Sequence[str], embeddings: np.ndarray) -> None:
+    """Save `embeddings` (one row per text) to .npy or .jsonl, or print JSON lines when `path` is None."""
+    with embeddings_writer(path) as write:
+        write(texts, embeddings)
+
+
+def _jsonl_lines(texts: Sequence[str], embeddings: np.ndarray) -> Iterator[str]:
+    """One `{"text": ..., "embedding": [...]}` line per text, made as it is written (never one big string)."""
+    if len(texts) != len(embeddings):
+        raise ValueError(f"{len(texts)} texts but {len(embeddings)} embeddings.")
+    for text, row in zip(texts, embeddings):
+        record = {"text": text, "embedding": row.tolist()}
+        # ensure_ascii=False leaves U+2028 and NEL raw, which is fine: JSONL lines end at '\n' only.
+        line = json.dumps(record, ensure_ascii=False)
+        if not line.isascii():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (e.g. from undecodable argv bytes): escape it
+                line = json.dumps(record)
+        yield line + "\n"
