@@ -1,4 +1,4 @@
-"""The `jobbert-onnx` command: export, embed, similarity, info, verify.
+"""The `jobbert-onnx` command: export, embed, similarity, info, verify, serve.
 
 Errors print as one line on stderr with a non-zero exit; `--debug` shows the traceback.
 """
@@ -16,6 +16,7 @@ from jobbert_onnx.artifact_summary import summary_lines
 from jobbert_onnx.embed_files import embeddings_writer, read_texts
 from jobbert_onnx.export import defaults  # torch-free: the exporter's choices and defaults
 from jobbert_onnx.runtime.errors import JobbertOnnxError
+from jobbert_onnx.serve.cli import add_parser as add_serve_parser  # stdlib only; the server loads when run
 
 
 class UsageError(JobbertOnnxError):
@@ -171,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every file of an artifact against its sha256")
     verify.add_argument("artifact")
     verify.set_defaults(run=cmd_verify)
+
+    add_serve_parser(commands)
     return parser
 
 

@@ -1,0 +1,365 @@
+"""Dynamic batching: one inference thread runs whatever the request handlers have queued.
+
+Handlers (on the event loop) queue `Job`s, one per distinct (prompt, head, text), and wait on a
+`Ticket`. The inference thread takes queued jobs in arrival order, up to `max_batch_items` texts
+and `max_batch_tokens` padded tokens, whenever it is free; it runs the encoder once per batch
+and each head on its own rows. The runtime's onnxruntime pool is the only pool that computes:
+nothing runs inference on the web framework's threads.
+
+Threads: the job queue and each job's `state` are shared under one lock; everything else (the
+pending map, the tickets, the cache) belongs to the event loop, and the inference thread hands
+results back with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from .metrics import Metrics
+
+log = logging.getLogger("jobbert_onnx.serve")
+
+QUEUED, RUNNING, DONE, DROPPED, EXPIRED = "queued", "running", "done", "dropped", "expired"
+
+
+class QueueFull(Exception):
+    """Queuing the request would pass `max_queue_items`, or the queue already holds more than half
+    the queue timeout of work."""
+
+
+class QueueTimeout(Exception):
+    """A job waited in the queue past `queue_timeout_s` and was dropped unrun."""
+
+
+class BatchEmbedder(Protocol):
+    """The part of `jobbert_onnx.runtime.Embedder` that the inference thread uses."""
+
+    heads: list[str]
+
+    def encode_pooled(self, texts: Sequence[str], batch_size: int = 32, prompt_name: str | None = None) -> np.ndarray: ...
+
+    def apply_head(self, pooled: np.ndarray, head: str | None = None, normalize: bool = False) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Item:
+    """One text a request needs embedded, with its cache key and token count."""
+
+    key: bytes
+    text: str
+    head: str
+    prompt_name: str | None
+    tokens: int
+
+
+class Ticket:
+    """One request's wait for its jobs: `future` resolves when all are done, or fails on the first error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, jobs: int) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = jobs
+        if jobs == 0:
+            self.future.set_result(None)
+
+    def job_finished(self, error: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+            return
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result(None)
+
+
+@dataclass(eq=False)
+class Job:
+    """A distinct (prompt, head, text) waiting for its vector; identical items share one job."""
+
+    item: Item
+    enqueued: float
+    deadline: float
+    tickets: list[Ticket] = field(default_factory=list)
+    state: str = QUEUED
+    vector: np.ndarray | None = None
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+    @property
+    def encoder_key(self) -> tuple[str | None, str]:
+        return self.item.prompt_name, self.item.text
+
+
+class Batcher:
+    """The queue and the single inference thread.
+
+    Args:
+        embedder: runs the batches (`encode_pooled` then `apply_head`).
+        max_items / max_tokens: per batch: distinct texts, and texts x longest text in tokens.
+        batch_wait_s: once a job is queued, wait this long for the batch to fill (0: run at once).
+        max_queued: distinct jobs that may wait; `submit` raises `QueueFull` beyond.
+        queue_timeout_s: jobs still queued this long after their last request arrived are dropped.
+            `submit` also raises `QueueFull` while the queue's estimated wait (queued jobs / recent
+            texts per second) is past half of it, so that overload is answered at once with a 429
+            rather than after a long wait with a timeout.
+        store: called on the event loop with (key, vector, tokens) for each computed job (the cache).
+    """
+
+    def __init__(
+        self,
+        embedder: BatchEmbedder,
+        metrics: Metrics,
+        max_items: int,
+        max_tokens: int,
+        batch_wait_s: float,
+        max_queued: int,
+        queue_timeout_s: float,
+        store: Callable[[bytes, np.ndarray, int], None] | None = None,
+    ) -> None:
+        self._embedder = embedder
+        self._metrics = metrics
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        self.batch_wait_s = batch_wait_s
+        self.max_queued = max_queued
+        self.queue_timeout_s = queue_timeout_s
+        self._store = store
+        self._lock = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._queued = 0  # jobs in state QUEUED (the deque may still hold dropped ones)
+        self._pending: dict[bytes, Job] = {}  # event loop only: queued or running jobs by key
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+        self.rate: float | None = None  # texts per second of recent batches (exponential average)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the inference thread: it warms up every head, sets `ready`, then runs batches."""
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="jobbert-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every queued job, then end the inference thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    # -- event loop side -----------------------------------------------------------------
+    def submit(self, items: Sequence[Item]) -> tuple[Ticket, list[Job]]:
+        """Queue `items` (joining identical queued or running jobs); returns the ticket and each item's job.
+
+        All or nothing: raises `QueueFull` when the new distinct jobs would not fit.
+        """
+        assert self._loop is not None, "Batcher.start() was not called"
+        now = time.monotonic()
+        deadline = now + self.queue_timeout_s
+        jobs: list[Job] = []
+        fresh: dict[bytes, Job] = {}
+        with self._lock:
+            for item in items:
+                job = fresh.get(item.key) or self._pending.get(item.key)
+                if job is None or job.state not in (QUEUED, RUNNING):
+                    job = fresh[item.key] = Job(item, now, deadline)
+                jobs.append(job)
+            if fresh:
+                self._admit(len(fresh))
+            distinct = list({id(j): j for j in jobs}.values())
+            ticket = Ticket(self._loop, len(distinct))
+            shared = 0
+            for job in distinct:
+                job.tickets.append(ticket)
+                if fresh.get(job.item.key) is not job:  # an identical text already queued or running
+                    shared += 1
+                    job.deadline = max(job.deadline, deadline)
+            for job in fresh.values():
+                self._pending[job.item.key] = job
+                self._queue.append(job)
+            self._queued += len(fresh)
+            if fresh:
+                self._lock.notify()
+        if shared:
+            self._metrics.shared_items.inc(shared)
+        return ticket, jobs
+
+    def _admit(self, new: int) -> None:
+        """Raise `QueueFull` unless `new` more jobs fit, by count and by estimated wait (under the lock)."""
+        if self._queued + new > self.max_queued:
+            raise QueueFull(
+                f"the queue holds {self._queued} texts; {new} more would pass --max-queue-items {self.max_queued}"
+            )
+        # The texts already queued run first: a request joins only while they are under half the
+        # queue timeout of work, so that its own texts can still run in time.
+        if self.rate and self._queued / self.rate > self.queue_timeout_s / 2:
+            raise QueueFull(
+                f"the queue holds {self._queued} texts, about {self._queued / self.rate:.1f} s of work at "
+                f"{self.rate:.0f} texts/s, past half of --queue-timeout {self.queue_timeout_s:g} s"
+            )
+
+    def release(self, ticket: Ticket, jobs: Sequence[Job]) -> int:
+        """The request gave up (client gone, or timed out): jobs nobody else waits for are dropped
+        if still queued. Returns how many were dropped."""
+        dropped = 0
+        with self._lock:
+            for job in {id(j): j for j in jobs}.values():
+                if ticket in job.tickets:
+                    job.tickets.remove(ticket)
+                if not job.tickets and job.state == QUEUED:
+                    job.state = DROPPED
+                    self._queued -= 1
+                    dropped += 1
+                    if self._pending.get(job.item.key) is job:
+                        del self._pending[job.item.key]
+        return dropped
+
+    @staticmethod
+    def any_queued(jobs: Sequence[Job]) -> bool:
+        """Whether some job has not started running yet (a racy read; `release` decides under the lock)."""
+        return any(job.state == QUEUED for job in jobs)
+
+    def _deliver(self, jobs: list[Job], error: BaseException | None) -> None:
+        """On the event loop: cache the vectors and wake the requests."""
+        for job in jobs:
+            if self._pending.get(job.item.key) is job:
+                del self._pending[job.item.key]
+            if error is None and self._store is not None and job.vector is not None:
+                self._store(job.item.key, job.vector, job.item.tokens)
+            for ticket in job.tickets:
+                ticket.job_finished(error)
+
+    def _hand_back(self, jobs: list[Job], error: BaseException | None = None) -> None:
+        if jobs and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._deliver, jobs, error)
+
+    # -- inference thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+        except BaseException as exc:  # noqa: BLE001 - reported by /ready and the log
+            log.exception("warm-up failed; the server will not become ready")
+            self.failure = exc
+            return
+        self.ready.set()
+        while True:
+            batch, expired = self._take()
+            self._hand_back(expired, QueueTimeout("waited in the queue past --queue-timeout"))
+            if batch is None:
+                return
+            if batch:
+                self._compute(batch)
+
+    def _warm_up(self) -> None:
+        """One text through the encoder and every head, so that the first request pays no set-up
+        cost, and a first (batch-of-one, so low) throughput estimate."""
+        start = time.perf_counter()
+        pooled = self._embedder.encode_pooled(["warm-up"], batch_size=1)
+        for head in self._embedder.heads:
+            self._embedder.apply_head(pooled, head)
+        self.rate = 1 / max(time.perf_counter() - start, 1e-6)
+
+    def _take(self) -> tuple[list[Job] | None, list[Job]]:
+        """Wait for work; return (batch, expired jobs). The batch is None once stopping and empty."""
+        with self._lock:
+            while self._queued == 0:
+                if self._stopping:
+                    self._queue.clear()  # only dropped jobs can be left
+                    return None, []
+                self._lock.wait()
+            if self.batch_wait_s > 0:
+                fill_by = time.monotonic() + self.batch_wait_s
+                while self._queued < self.max_items and not self._stopping:
+                    left = fill_by - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+            now = time.monotonic()
+            batch: list[Job] = []
+            expired: list[Job] = []
+            texts: set[tuple[str | None, str]] = set()
+            longest = 0
+            while self._queue:
+                job = self._queue[0]
+                if job.state != QUEUED:  # dropped: its clients have gone
+                    self._queue.popleft()
+                    continue
+                if job.deadline < now:
+                    self._queue.popleft()
+                    job.state = EXPIRED
+                    expired.append(job)
+                    continue
+                if job.encoder_key not in texts:
+                    rows = len(texts) + 1
+                    if batch and (rows > self.max_items or rows * max(longest, job.item.tokens) > self.max_tokens):
+                        break
+                    texts.add(job.encoder_key)
+                    longest = max(longest, job.item.tokens)
+                self._queue.popleft()
+                job.state = RUNNING
+                batch.append(job)
+            self._queued -= len(batch) + len(expired)
+        for job in batch:
+            job.queue_s = now - job.enqueued
+            self._metrics.queue_wait.observe(job.queue_s)
+        if expired:
+            self._metrics.dropped.labels(reason="queue_timeout").inc(len(expired))
+        return batch, expired
+
+    def _compute(self, batch: list[Job]) -> None:
+        start = time.perf_counter()
+        try:
+            by_prompt: dict[str | None, dict[str, int]] = {}
+            for job in batch:
+                by_prompt.setdefault(job.item.prompt_name, {}).setdefault(job.item.text, 0)
+            rows_total = padded = 0
+            for prompt, texts in by_prompt.items():
+                ordered = list(texts)
+                pooled = self._embedder.encode_pooled(ordered, batch_size=len(ordered), prompt_name=prompt)
+                row_of = {text: i for i, text in enumerate(ordered)}
+                jobs = [j for j in batch if j.item.prompt_name == prompt]
+                longest = max(j.item.tokens for j in jobs)
+                rows_total += len(ordered)
+                padded += len(ordered) * longest
+                for head in {j.item.head for j in jobs}:
+                    mine = [j for j in jobs if j.item.head == head]
+                    vectors = self._embedder.apply_head(pooled[[row_of[j.item.text] for j in mine]], head)
+                    for job, vector in zip(mine, vectors):
+                        job.vector = vector
+        except BaseException as exc:  # noqa: BLE001 - answered as a 500 to every waiting request
+            log.exception("inference failed for a batch of %d texts", len(batch))
+            for job in batch:
+                job.state = DONE
+            self._hand_back(batch, exc)
+            return
+        elapsed = time.perf_counter() - start
+        sample = rows_total / max(elapsed, 1e-6)
+        self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
+        for job in batch:
+            job.state = DONE
+            job.inference_s = elapsed
+            self._metrics.tokens.labels(head=job.item.head).inc(job.item.tokens)
+        self._metrics.inference.observe(elapsed)
+        self._metrics.batch_items.observe(rows_total)
+        self._metrics.batch_tokens.observe(padded)
+        self._hand_back(batch)
+
+    def debug_state(self) -> dict[str, Any]:
+        """Queue figures for tests and /info."""
+        with self._lock:
+            return {"queued": self._queued, "pending": len(self._pending)}

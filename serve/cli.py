@@ -1,0 +1,146 @@
+"""`jobbert-onnx serve ARTIFACT ...`: the subcommand's flags and its run function.
+
+Importing this module needs only the standard library, so that `jobbert-onnx --help` works
+without the [serve] extra; `run` imports the server and says which extra to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from jobbert_onnx.runtime.errors import JobbertOnnxError
+
+API_KEY_ENV = "JOBBERT_ONNX_API_KEY"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `serve` to the `jobbert-onnx` subcommands (its defaults come from `serve.config.Limits`)."""
+    from .config import Limits, ServerConfig
+
+    limits, config = Limits(), ServerConfig()
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve an artifact over HTTP (TEI and OpenAI embedding routes)",
+        description="Serve an artifact over HTTP: TEI's /embed, OpenAI's /v1/embeddings, /similarity, /tokenize, "
+        "/info, /v1/models, /health, /ready and /metrics. Needs the [serve] extra.",
+    )
+    serve.add_argument("artifact", help="artifact folder (from `jobbert-onnx export`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--threads", type=int, help="onnxruntime threads for the encoder (default: one per physical core)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    serve.add_argument("--served-model-name", help="the `model` name clients send (default: the artifact folder's name)")
+    key = serve.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, if set)")
+    key.add_argument("--api-key-file", help="read the API key from this file (first line)")
+
+    group = serve.add_argument_group("limits (all named in GET /info)")
+    group.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                       help=f"request body size, checked before it is read; beyond: 413 (default {limits.max_body_bytes})")
+    group.add_argument("--max-inputs", type=int, default=limits.max_inputs,
+                       help=f"texts per request; beyond: 413 (default {limits.max_inputs})")
+    group.add_argument("--max-chars", type=int, default=limits.max_chars,
+                       help=f"characters per text; beyond: 413 (default {limits.max_chars})")
+    group.add_argument("--max-batch-items", type=int, default=limits.max_batch_items,
+                       help=f"texts per inference batch; 1 turns batching off (default {limits.max_batch_items})")
+    group.add_argument("--max-batch-tokens", type=int, default=limits.max_batch_tokens,
+                       help=f"padded tokens per batch, texts x longest (default {limits.max_batch_tokens})")
+    group.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms,
+                       help="how long a batch waits to fill once a text is queued (default 0: run when free)")
+    group.add_argument("--max-queue-items", type=int, default=limits.max_queue_items,
+                       help=f"distinct texts waiting for inference; beyond, or while the queue holds more than "
+                            f"half --queue-timeout of work: 429 (default {limits.max_queue_items})")
+    group.add_argument("--queue-timeout", type=float, default=limits.queue_timeout_s, metavar="SECONDS",
+                       help=f"texts queued longer are dropped and answered 503 (default {limits.queue_timeout_s:g})")
+    group.add_argument("--cache-mb", type=float, default=limits.cache_mb,
+                       help=f"embedding cache size in MiB; 0 turns it off (default {limits.cache_mb:g})")
+    group.add_argument("--cache-entries", type=int, default=limits.cache_entries,
+                       help=f"embedding cache entries at most (default {limits.cache_entries})")
+    group.add_argument("--drain-seconds", type=float, default=config.drain_seconds,
+                       help="after SIGTERM, keep the socket open this long with /ready answering 503 (default 0)")
+    group.add_argument("--shutdown-timeout", type=float, default=config.shutdown_timeout_s, metavar="SECONDS",
+                       help=f"then give in-flight requests this long to finish (default {config.shutdown_timeout_s:g})")
+
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
+    serve.set_defaults(run=run)
+    return serve
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file or $JOBBERT_ONNX_API_KEY, in that order; None: no auth."""
+    if args.api_key:
+        return args.api_key
+    if args.api_key_file:
+        path = Path(args.api_key_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JobbertOnnxError(f"{path}: cannot read the API key file ({exc}).") from exc
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise JobbertOnnxError(f"{path}: the API key file is empty.")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the artifact, then serve it until SIGTERM."""
+    try:
+        from .app import create_app
+        from .server import run_server
+    except ImportError as exc:
+        raise JobbertOnnxError(
+            f"`jobbert-onnx serve` needs the [serve] extra ({exc.name} is missing): pip install 'jobbert-onnx[serve]'."
+        ) from exc
+    from jobbert_onnx.runtime import Embedder
+
+    from .config import Limits, ServerConfig
+
+    # One computing pool: the tokenizer's own thread pool would compete with onnxruntime's.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_inputs=args.max_inputs,
+        max_chars=args.max_chars,
+        max_batch_items=args.max_batch_items,
+        max_batch_tokens=args.max_batch_tokens,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue_items=args.max_queue_items,
+        queue_timeout_s=args.queue_timeout,
+        cache_mb=args.cache_mb,
+        cache_entries=args.cache_entries,
+    )
+    config = ServerConfig(
+        limits=limits,
+        served_model_name=args.served_model_name or Path(args.artifact).resolve().name,
+        api_key=api_key(args),
+        drain_seconds=args.drain_seconds,
+        shutdown_timeout_s=args.shutdown_timeout,
+    )
+    if args.drain_seconds < 0 or args.shutdown_timeout < 0:
+        raise ValueError("--drain-seconds and --shutdown-timeout must not be negative.")
+    embedder = Embedder(args.artifact, device=args.device, threads=args.threads)
+    app = create_app(embedder, config)  # checks the limits against the model
+    run_server(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m jobbert_onnx.serve ARTIFACT ...`: the same as `jobbert-onnx serve`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = argparse.ArgumentParser(prog="jobbert-onnx")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(a for a in argv if a != "--debug")])
+    try:
+        args.run(args)
+    except (JobbertOnnxError, ValueError, TypeError, OSError) as exc:
+        if debug:
+            raise
+        print(f"jobbert-onnx: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    return 0
