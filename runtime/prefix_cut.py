@@ -80,14 +80,15 @@ _CHARS_PER_TOKEN = 8
 class PrefixCutter:
     """Shortens texts that are longer than `short` characters; see the module docstring."""
 
-    def __init__(self, tokenizer: Tokenizer, max_seq_length: int, chars: "_Chars", piece_chars: int | None,
+    def __init__(self, tokenizer: Tokenizer, max_seq_length: int, chars: "_Chars", unigram: bool,
                  word_limit: int | None, added: list[str]) -> None:
         self._tokenizer = tokenizer  # truncating at max_seq_length; never changed here
         self._max_seq_length = max_seq_length
         self._keep = max_seq_length - tokenizer.num_special_tokens_to_add(False)
         self.short = _CHARS_PER_TOKEN * max_seq_length
         self._chars = chars
-        self._piece_chars = piece_chars  # rule 2: the longest Unigram piece
+        self._unigram = unigram  # rule 2 applies
+        self._piece_chars: int | None = None  # the longest Unigram piece, read when rule 2 first runs
         self._word_limit = word_limit  # rule 3: WordPiece's max_input_chars_per_word
         self._long_run = re.compile(f"[0-9A-Za-z]{{{word_limit + 2},}}") if word_limit is not None else None
         self._added_chars = {c for token in added for c in token[:1] + chars.normalized(token[:1])}
@@ -119,14 +120,13 @@ class PrefixCutter:
         # No added token may span a boundary: none may hold a character that normalizes to a space.
         if any(c.isspace() or c == "\u2581" or " " in chars.normalized(c) for token in added for c in token):
             return None
-        piece_chars = word_limit = None
-        if model == "Unigram" and types <= {"Metaspace", "WhitespaceSplit"}:
-            piece_chars = max(len(piece) for piece in tokenizer.get_vocab())
+        unigram = model == "Unigram" and types <= {"Metaspace", "WhitespaceSplit"}
+        word_limit = None
         ascii_alnum = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
         if (model == "WordPiece" and types <= {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Punctuation"}
                 and all(len(chars.normalized(c)) == 1 and chars.normalized(c) in ascii_alnum for c in ascii_alnum)):
             word_limit = tokenizer.model.max_input_chars_per_word
-        return cls(tokenizer, max_seq_length, chars, piece_chars, word_limit, added)
+        return cls(tokenizer, max_seq_length, chars, unigram, word_limit, added)
 
     def cut(self, text: str) -> tuple[str, bool]:
         """`text` itself when short, else a shorter text with the same first `keep` tokens; and
@@ -139,7 +139,7 @@ class PrefixCutter:
                     text, scanned = shorter, 2
                     continue
             prefix = self._boundary_cut(text, scanned, bound)
-            if prefix is None and self._piece_chars is not None:
+            if prefix is None and self._unigram:
                 prefix = self._unigram_cut(text, bound)
             if prefix is not None:
                 return prefix, True
@@ -174,6 +174,8 @@ class PrefixCutter:
     def _unigram_cut(self, text: str, bound: int) -> str | None:
         """Rule 2: `text[:start]` when every cut in the window [start, bound) gives the same full
         truncation, whose last kept token ends at or before `start`."""
+        if self._piece_chars is None:  # reading a 250,000-piece vocabulary takes a while: only when needed
+            self._piece_chars = max(len(piece) for piece in self._tokenizer.get_vocab())
         chars, width = self._chars, self._piece_chars
         start = bound - width
         if start < 2:
