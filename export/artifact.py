@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jobbert_onnx.runtime.errors import JobbertOnnxError
+from jobbert_onnx.runtime.files import write_atomically
 from jobbert_onnx.runtime.manifest import MANIFEST_NAME
 
 OWNER_FILE = "owner.json"
@@ -155,9 +156,7 @@ def mark_owner(folder: Path, target: Path, pid: int | None = None) -> None:
     pid = os.getpid() if pid is None else pid
     owner = {"tool": _OWNER_TOOL, "target": str(Path(target).resolve()), "host": socket.gethostname(),
              "pid": pid, "started": _start_token(pid)}
-    partial = folder / f".{OWNER_FILE}.tmp"
-    partial.write_text(json.dumps(owner), encoding="utf-8")
-    os.replace(partial, folder / OWNER_FILE)
+    write_atomically(folder / OWNER_FILE, json.dumps(owner))
 
 
 def _remove_stale_staging(target: Path) -> None:

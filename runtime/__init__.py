@@ -6,6 +6,7 @@ Nothing here imports torch, transformers, sentence-transformers or onnx.
 from .embedder import Embedder, similarity
 from .errors import ArtifactError, JobbertOnnxError, ProviderError, UnknownHeadError
 from .manifest import Manifest
+from .vectors import cosine_rows, unit_rows
 
 __all__ = [
     "ArtifactError",
@@ -14,5 +15,7 @@ __all__ = [
     "Manifest",
     "ProviderError",
     "UnknownHeadError",
+    "cosine_rows",
     "similarity",
+    "unit_rows",
 ]

@@ -13,6 +13,7 @@ from .errors import ArtifactError, UnknownHeadError
 from .manifest import Manifest
 from .providers import ProviderSpec, choose_providers, create_session, cuda_device_id, session_options
 from .tokenization import TextTokenizer
+from .vectors import unit_rows
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 # Rows per head run in `apply_head`: bounds its intermediate arrays whatever the number of texts.
@@ -277,10 +278,7 @@ class Embedder:
                 out[start : start + _HEAD_ROWS] = graph(feed)
             else:
                 out[start : start + _HEAD_ROWS] = graph.run_bound(feed, *self._binding).numpy()
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, np.finfo(np.float32).tiny)
-        return out
+        return unit_rows(out) if normalize else out
 
     def _pool(self, tokens: dict[str, np.ndarray], skip: int) -> np.ndarray:
         """Encoder -> pooling for one tokenized batch. The encoder sees every token; pooling leaves out
@@ -327,9 +325,4 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=dtype)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"similarity needs two 2-D arrays with the same width, got shapes {a.shape} and {b.shape}.")
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-    return unit(a) @ unit(b).T
+    return unit_rows(a) @ unit_rows(b).T
