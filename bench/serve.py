@@ -46,6 +46,7 @@ import numpy as np
 import orjson
 
 from bench.machine import machine_info
+from bench.plots import log2_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 INFINITY_VENV = ROOT / ".venv-peer-infinity"
@@ -699,25 +700,10 @@ def to_markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for name, variant in result["variants"].items():
-        points = sorted((int(k.split("@")[1]), r["titles_per_s"]) for k, r in variant["runs"].items() if k.startswith("single@"))
-        axes.plot([c for c, _ in points], [v for _, v in points], marker="o", label=name)
-    axes.axhline(result["in_process"]["titles_per_s_batch32"], color="gray", linestyle="--", label="in-process batch 32")
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("concurrent single-title requests")
-    axes.set_ylabel("titles per second")
-    axes.set_title(f"jobbert-onnx serve, {result['machine']['cores']} CPU cores")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    series = {name: [(int(k.split("@")[1]), r["titles_per_s"]) for k, r in variant["runs"].items()
+                     if k.startswith("single@")] for name, variant in result["variants"].items()}
+    log2_lines(path, series, "concurrent single-title requests", f"jobbert-onnx serve, {result['machine']['cores']} CPU cores",
+               ("in-process batch 32", result["in_process"]["titles_per_s_batch32"]))
 
 
 def main(argv: list[str] | None = None) -> int:

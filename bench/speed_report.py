@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import peers as peer_setup
+from bench.plots import log2_lines
 
 SEED_BATCH = 8
 
@@ -171,21 +172,5 @@ def peers_markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for name, rates in result["throughput"].items():
-        batches = sorted(int(b) for b in rates)
-        axes.plot(batches, [rates[str(b)] for b in batches], marker="o", label=name)
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("batch size")
-    axes.set_ylabel("titles per second")
-    axes.set_title(f"JobBERT-v3-sized model, {result['machine']['cores']} CPU cores")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    series = {name: [(int(b), rate) for b, rate in rates.items()] for name, rates in result["throughput"].items()}
+    log2_lines(path, series, "batch size", f"JobBERT-v3-sized model, {result['machine']['cores']} CPU cores")
