@@ -104,18 +104,16 @@ class _Fp32Graphs:
 def _export_fp32(spec: CheckpointSpec, tokenizer_outputs: list[str], folder: Path, opset: int,
                  done: Callable[[str], None]) -> _Fp32Graphs:
     """Export the encoder, the pooling and every head as fp32 graphs into `folder`."""
-    from .torch_modules import EncoderModule, HeadModule, PoolingModule
-
-    encoder = EncoderModule(spec.transformer, tokenizer_outputs)
+    encoder = spec.transformer.build(tokenizer_outputs)
     graphs.export_encoder(encoder, folder / graphs.ENCODER_FILE, opset)
     done(graphs.ENCODER_FILE)
-    graphs.export_pooling(PoolingModule(spec.pooling), spec.transformer.hidden_size, folder / graphs.POOLING_FILE, opset)
+    graphs.export_pooling(spec.pooling.build(), spec.transformer.hidden_size, folder / graphs.POOLING_FILE, opset)
     done(graphs.POOLING_FILE)
     pooled_dim = spec.pooling.output_dimension
     heads = {}
     files = graphs.head_files(spec.heads)  # route names are data: never a path
     for name, head in spec.heads.items():
-        graphs.export_head(HeadModule(head), pooled_dim, folder / files[name], opset)
+        graphs.export_head(head.build(), pooled_dim, folder / files[name], opset)
         heads[name] = HeadEntry(file=files[name], dimension=head.output_dimension(pooled_dim),
                                 modules=[m.describe() for m in head.modules])
         done(files[name])
