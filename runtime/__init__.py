@@ -4,7 +4,7 @@ Nothing here imports torch, transformers, sentence-transformers or onnx.
 """
 
 from .embedder import Embedder, similarity
-from .errors import ArtifactError, JobbertOnnxError, ProviderError, UnknownHeadError
+from .errors import ArtifactError, JobbertOnnxError, ProviderError, TextTooLongError, UnknownHeadError
 from .manifest import Manifest
 from .vectors import cosine_rows, unit_rows
 
@@ -14,6 +14,7 @@ __all__ = [
     "JobbertOnnxError",
     "Manifest",
     "ProviderError",
+    "TextTooLongError",
     "UnknownHeadError",
     "cosine_rows",
     "similarity",

@@ -23,3 +23,12 @@ class UnknownHeadError(JobbertOnnxError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class TextTooLongError(JobbertOnnxError, ValueError):
+    """A text too long to tokenize whole, with no cut that provably keeps what truncation keeps."""
+
+    def __init__(self, detail: str, index: int | None = None) -> None:
+        super().__init__(detail if index is None else f"texts[{index}]: {detail}")
+        self.detail = detail  # the reason, without the text's position
+        self.index = index  # position in the caller's list, once known

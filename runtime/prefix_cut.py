@@ -39,7 +39,9 @@ characters into one unknown token, so a longer run of ASCII letters and digits i
 that length plus one without changing any token.
 
 A text for which no rule applies (a long BPE word, a long run of combining marks or of unknown
-characters, within the first part of the text) is tokenized whole, as before.
+characters, within the first part of the text) is tokenized whole when it has at most
+`whole_limit` characters, and refused with `TextTooLongError` beyond: its ids cannot be proven
+without tokenizing all of it, and time and memory must stay bounded by what truncation keeps.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenizers import Tokenizer
+
+from .errors import TextTooLongError
 
 # Letters and symbols that still join a neighbour: grapheme cluster Prepend, SpacingMark and
 # Extend characters outside the mark categories, regional indicators, emoji skin tones, Hangul
@@ -75,6 +79,23 @@ _MODELS = {"Unigram", "WordPiece", "BPE", "WordLevel"}
 
 # The first bound is this many characters per kept token; it doubles until a rule applies.
 _CHARS_PER_TOKEN = 8
+# Texts are tokenized whole (no rule applies, or no cutter) up to this many characters per token of
+# `max_seq_length`: 65,536 characters for 64 tokens, a tenth of a second and a few MB.
+WHOLE_CHARS_PER_TOKEN = 1024
+
+
+def whole_limit(max_seq_length: int) -> int:
+    """The longest text, in characters, that is tokenized whole when it cannot be cut."""
+    return WHOLE_CHARS_PER_TOKEN * max_seq_length
+
+
+def too_long(text: str, max_seq_length: int, why: str) -> TextTooLongError:
+    """The error for a text past `whole_limit` that cannot be cut; `why` says what stopped the cut."""
+    return TextTooLongError(
+        f"a text of {len(text):,} characters cannot be embedded: {why}, and texts that cannot be cut are "
+        f"tokenized whole only up to {whole_limit(max_seq_length):,} characters. Only its first "
+        f"{max_seq_length} tokens would count: shorten it (e.g. to its first {whole_limit(max_seq_length):,} "
+        "characters).")
 
 
 class PrefixCutter:
@@ -86,6 +107,7 @@ class PrefixCutter:
         self._max_seq_length = max_seq_length
         self._keep = max_seq_length - tokenizer.num_special_tokens_to_add(False)
         self.short = _CHARS_PER_TOKEN * max_seq_length
+        self.whole_limit = whole_limit(max_seq_length)
         self._chars = chars
         self._unigram = unigram  # rule 2 applies
         self._piece_chars: int | None = None  # the longest Unigram piece, read when rule 2 first runs
@@ -130,7 +152,8 @@ class PrefixCutter:
 
     def cut(self, text: str) -> tuple[str, bool]:
         """`text` itself when short, else a shorter text with the same first `keep` tokens; and
-        whether that text is known to have at least `keep` tokens (its truncation is full)."""
+        whether that text is known to have at least `keep` tokens (its truncation is full). Raises
+        `TextTooLongError` for a text past `whole_limit` characters that no rule can cut."""
         bound, scanned = self.short, 2  # boundaries before `scanned` gave too few tokens
         while bound < len(text):
             if self._long_run is not None:
@@ -143,6 +166,10 @@ class PrefixCutter:
                 prefix = self._unigram_cut(text, bound)
             if prefix is not None:
                 return prefix, True
+            if bound >= self.whole_limit:
+                raise too_long(text, self._max_seq_length, f"no cut in its first {bound:,} characters provably "
+                               "keeps its first tokens (it holds a very long word, or a long run of marks or of "
+                               "characters the vocabulary lacks)")
             scanned, bound = bound + 1, 2 * bound
         return text, False
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .errors import ArtifactError
+from .errors import ArtifactError, TextTooLongError
 from .manifest import TokenizerEntry
-from .prefix_cut import PrefixCutter, build_normalizer, describe
+from .prefix_cut import PrefixCutter, build_normalizer, describe, too_long, whole_limit
 
 # Python strings may hold lone surrogates (e.g. from `surrogateescape` decoding), but the Rust
 # tokenizer only accepts valid Unicode and raises on them; U+FFFD is what a lenient UTF-8 decoder
@@ -83,14 +83,23 @@ class TextTokenizer:
         if self.spec.strip:
             text = text.strip()
         text = _SURROGATES.sub("\ufffd", prompt + text)  # no copy when there is nothing to change
-        return self._cutter.cut(text) if self._cutter is not None else (text, False)
+        if self._cutter is not None:
+            return self._cutter.cut(text)
+        if len(text) > whole_limit(self.spec.max_seq_length):
+            raise too_long(text, self.spec.max_seq_length, "this tokenizer has a stage that the long-text cut does "
+                           "not know, so no cut is proven")
+        return text, False
 
     def prepare_many(self, texts: Sequence[str], prompt: str = "", count: bool = True) -> tuple[list[str], np.ndarray]:
         """The prepared texts and their `token_counts` (all 0 unless `count`). Only the prepared texts
-        are kept (bounded by what truncation keeps), and they are counted `COUNT_CHUNK` at a time."""
+        are kept (bounded by what truncation keeps), and they are counted `COUNT_CHUNK` at a time.
+        Raises `TextTooLongError` naming the first text that is too long to tokenize and cannot be cut."""
         prepared, counts = [], np.zeros(len(texts), dtype=np.int64)
         for i, text in enumerate(texts):
-            text, full = self._prepare(text, prompt)
+            try:
+                text, full = self._prepare(text, prompt)
+            except TextTooLongError as exc:
+                raise TextTooLongError(exc.detail, index=i) from None
             prepared.append(text)
             counts[i] = self.spec.max_seq_length if full else 0
         if not count:
@@ -114,7 +123,7 @@ class TextTokenizer:
 
     def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
         """Token ids per text after truncation, special tokens included, unpadded."""
-        return [e.ids for e in self.encodings([self.prepare(t, prompt) for t in texts])]
+        return [e.ids for e in self.encodings(self.prepare_many(texts, prompt, count=False)[0])]
 
     def batch(self, prepared: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize prepared texts; int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq],
@@ -133,7 +142,7 @@ class TextTokenizer:
 
     def __call__(self, texts: Sequence[str], prompt: str = "") -> dict[str, np.ndarray]:
         """Tokenize a batch; returns int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq]."""
-        return self.batch([self.prepare(t, prompt) for t in texts])
+        return self.batch(self.prepare_many(texts, prompt, count=False)[0])
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens that pooling leaves out for `prompt` when the model says `include_prompt: false`,

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from jobbert_onnx.runtime import similarity, unit_rows
+from jobbert_onnx.runtime import TextTooLongError, similarity, unit_rows
 
 from .batcher import Batcher, Item, QueueFull, QueueTimeout
 from .cache import EmbeddingCache, cache_key
@@ -164,7 +164,10 @@ class ServerState:
         if misses:
             firsts = [rows[0] for rows in misses.values()]
             started = time.perf_counter()
-            counts = self.embedder.token_counts([pairs[i][0] for i in firsts], prompt_name=prompt_name)
+            try:
+                counts = self.embedder.token_counts([pairs[i][0] for i in firsts], prompt_name=prompt_name)
+            except TextTooLongError as exc:
+                raise too_large(f"input {firsts[exc.index]}: {exc.detail}", code="text_too_long") from None
             timings.tokenization_s = time.perf_counter() - started
             items = [
                 Item(key, pairs[i][0], pairs[i][1], prompt_name, int(n)) for key, i, n in zip(misses, firsts, counts)
@@ -305,7 +308,10 @@ async def similarity_route(request: Request, state: ServerState) -> Response:
 async def tokenize_route(request: Request, state: ServerState) -> Response:
     texts = parse_tokenize(await _read_json(request, state.limits.max_body_bytes), state.limits)
     state.check_accepting()
-    ids = state.embedder.tokenize(texts)
+    try:
+        ids = state.embedder.tokenize(texts)
+    except TextTooLongError as exc:
+        raise too_large(f"input {exc.index}: {exc.detail}", code="text_too_long") from None
     return _json([{"ids": list(map(int, row)), "count": len(row)} for row in ids])
 
 

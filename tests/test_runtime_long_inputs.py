@@ -22,13 +22,14 @@ import pytest
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from jobbert_onnx import Embedder
-from jobbert_onnx.runtime import tokenization
+from jobbert_onnx.runtime import TextTooLongError, tokenization
 from jobbert_onnx.runtime.manifest import TokenizerEntry
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 from tests.fixtures.models import load_job_titles
 
 MAX_SEQ_LENGTH = 64
 SHORT = 8 * MAX_SEQ_LENGTH  # texts up to this many characters are never cut (prefix_cut._CHARS_PER_TOKEN)
+WHOLE = 1024 * MAX_SEQ_LENGTH  # texts that cannot be cut are tokenized whole up to this many characters
 CHECKPOINTS = ["jobbert_asym_model", "jobbert_router_model", "jobbert_nfkc_model", "bert_model",
                "minilm_model", "mpnet_model"]
 TOKENIZERS = [*CHECKPOINTS, "bpe"]
@@ -140,7 +141,7 @@ def test_cut_keeps_the_ids(tokenizer_files: dict[str, Path], name: str) -> None:
     rng = random.Random(f"{name}-{MAX_SEQ_LENGTH}")
     lengths = [SHORT - 30, SHORT + 1, SHORT + 40, 2 * SHORT + 7, 5 * SHORT, 40 * SHORT]
     texts = [_text(rng, kind, length) for kind in KINDS for length in lengths]
-    texts += [_text(rng, kind, 200_000) for kind in ("words", "mixed", "cjk", "word")]
+    texts += [_text(rng, kind, 200_000) for kind in ("words", "mixed", "cjk", "word") if (name, kind) in CUT]
     _check(runtime, reference, texts)
 
 
@@ -167,10 +168,10 @@ def test_cut_keeps_the_ids_for_other_lengths(tokenizer_files: dict[str, Path], n
 
 XLMR = ["jobbert_asym_model", "jobbert_router_model", "jobbert_nfkc_model"]
 WORDPIECE = ["bert_model", "minilm_model", "mpnet_model"]
-# Which texts each tokenizer cuts (the rest it tokenizes whole, as before): texts with spaces,
+# Which texts each tokenizer cuts (the rest it tokenizes whole up to a limit): texts with spaces,
 # all; Chinese without spaces, XLM-R's Unigram (rule 2) and BERT's (each ideograph is a word);
 # one long ASCII word, Unigram (rule 2) and WordPiece (rule 3); one long accented word, Unigram.
-CUT = ([(name, kind) for name in TOKENIZERS for kind in ("words", "mixed")]
+CUT = ([(name, kind) for name in TOKENIZERS for kind in ("words", "mixed", "emoji")]
        + [(name, "cjk") for name in XLMR + WORDPIECE]
        + [(name, "word") for name in XLMR + WORDPIECE]
        + [(name, "accents") for name in XLMR])
@@ -182,6 +183,36 @@ def test_long_texts_are_cut_short(tokenizer_files: dict[str, Path], name: str, k
     runtime, _ = _pair(tokenizer_files[name])
     text = _text(random.Random(kind), kind, 1_000_000)
     assert len(runtime.prepare(text)) <= 4 * SHORT
+
+
+UNCUT = [(name, kind) for name in TOKENIZERS for kind in KINDS if (name, kind) not in CUT]
+
+
+@pytest.mark.parametrize(("name", "kind"), UNCUT)
+def test_texts_that_cannot_be_cut_are_tokenized_whole_up_to_a_limit(
+        tokenizer_files: dict[str, Path], name: str, kind: str) -> None:
+    # No rule proves a cut for these: up to WHOLE characters they are tokenized whole (exact ids);
+    # beyond, they are refused, naming the text, rather than costing time and memory without bound.
+    runtime, reference = _pair(tokenizer_files[name])
+    text = _text(random.Random(f"{name}-{kind}"), kind, 4 * WHOLE)
+    at_limit = text[:WHOLE]
+    assert runtime.prepare(at_limit) == at_limit.strip()
+    _check(runtime, reference, [at_limit])
+    for call in (runtime.tokenize, runtime.token_counts, runtime):
+        with pytest.raises(TextTooLongError, match=rf"texts\[1\]: a text of {len(text):,} characters cannot be embedded") as info:
+            call(["nurse", text])
+        assert info.value.index == 1
+
+
+def test_every_uncut_kind_really_is_uncut(tokenizer_files: dict[str, Path]) -> None:
+    # What keeps the test above from skipping everything: XLM-R's and BERT's tokenizers do not cut
+    # combining marks, nor WordPiece a long accented word, nor byte-level BPE one long word.
+    for name, kind in [("jobbert_asym_model", "marks"), ("bert_model", "accents"), ("bpe", "word")]:
+        runtime, _ = _pair(tokenizer_files[name])
+        text = _text(random.Random(f"{name}-{kind}"), kind, 4 * WHOLE)
+        assert runtime.prepare(text[:WHOLE]) == text[:WHOLE]
+        with pytest.raises(TextTooLongError):
+            runtime.prepare(text)
 
 
 def test_unknown_stages_are_never_cut(tokenizer_files: dict[str, Path]) -> None:
@@ -196,6 +227,8 @@ def test_unknown_stages_are_never_cut(tokenizer_files: dict[str, Path]) -> None:
     text = _text(random.Random(0), "mixed", 3 * SHORT)
     assert runtime.prepare(text) == text.strip()
     _check(runtime, reference, [text])
+    with pytest.raises(TextTooLongError, match="a stage that the long-text cut does not know"):
+        runtime.prepare("nurse " * WHOLE)
 
 
 # -- bounded by what is kept ------------------------------------------------------------------
@@ -264,6 +297,26 @@ def test_huge_texts_use_bounded_memory(xlmr_artifact: Path) -> None:
     """, """
         embedder.encode(texts)
         embedder.encode(texts * 4, batch_size=2)
+    """)
+    assert growth < 150, f"peak RSS grew by {growth:.0f} MB"
+
+
+def test_texts_that_cannot_be_cut_are_refused_with_bounded_memory(xlmr_artifact: Path) -> None:
+    # Before the limit, 10 MB of letters with combining marks was tokenized whole: 1.8 GB here.
+    growth = _peak_growth_mb(f"""
+        from jobbert_onnx import Embedder
+        from jobbert_onnx.runtime import TextTooLongError
+        embedder = Embedder({str(xlmr_artifact)!r})
+        marks = "a\u0301\u0302" * 3_400_000
+        embedder.encode(["warm up"])
+    """, """
+        for call in (embedder.encode, embedder.token_counts, embedder.tokenize):
+            try:
+                call(["nurse", marks])
+            except TextTooLongError as exc:
+                assert exc.index == 1 and str(exc).startswith("texts[1]: a text of 10,200,000 characters"), exc
+            else:
+                raise AssertionError("not refused")
     """)
     assert growth < 150, f"peak RSS grew by {growth:.0f} MB"
 

@@ -391,6 +391,27 @@ def test_413_body_inputs_and_text_length(embedder):
     assert "--max-inputs" in tei_error(similarity, 413)
 
 
+def test_413_for_a_text_that_is_too_long_to_tokenize_and_cannot_be_cut(embedder):
+    # With --max-chars raised past the runtime's limit, a text it cannot cut is refused by name,
+    # not tokenized whole (time and memory without bound) and not a 500.
+    word = "x" * (1024 * toy_artifact.MAX_SEQ_LENGTH + 1)  # one word: no cut is proven
+
+    async def scenario():
+        async with serving(embedder, max_body_bytes=10_000_000, max_chars=1_000_000) as (client, _):
+            return [
+                await client.post("/embed", json={"inputs": ["nurse", "nurse", word]}),
+                await client.post("/v1/embeddings", json={"input": ["nurse", word], "model": "jobbert"}),
+                await client.post("/tokenize", json={"inputs": ["nurse", word]}),
+                await client.post("/embed", json={"inputs": ["nurse", word[:-1]]}),
+            ]
+
+    embed, openai, tokenize, at_limit = run(scenario())
+    assert tei_error(embed, 413).startswith(f"input 2: a text of {len(word):,} characters cannot be embedded")
+    assert openai_error(openai, 413)["code"] == "text_too_long"
+    assert tei_error(tokenize, 413).startswith("input 1: ")
+    assert at_limit.status_code == 200 and len(at_limit.json()) == 2
+
+
 @pytest.mark.parametrize(
     ("route", "body", "param", "needle"),
     [
