@@ -106,6 +106,7 @@ class ServerState:
             max_queued=limits.max_queue_items,
             queue_timeout_s=limits.queue_timeout_s,
             store=self._store,
+            max_seq_length=manifest.tokenizer.max_seq_length,
         )
         self.draining = False
         self.metrics.watch(lambda: self.batcher.queued, lambda: (len(self.cache), self.cache.bytes), lambda: self.ready)

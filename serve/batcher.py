@@ -111,6 +111,7 @@ class Batcher:
             texts per second) is past half of it, so that overload is answered at once with a 429
             rather than after a long wait with a timeout.
         store: called on the event loop with (key, vector, tokens) for each computed job (the cache).
+        max_seq_length: the model's; the warm-up runs the largest batch the limits allow with it.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Batcher:
         max_queued: int,
         queue_timeout_s: float,
         store: Callable[[bytes, np.ndarray, int], None] | None = None,
+        max_seq_length: int = 1,
     ) -> None:
         self._embedder = embedder
         self._metrics = metrics
@@ -132,6 +134,7 @@ class Batcher:
         self.max_queued = max_queued
         self.queue_timeout_s = queue_timeout_s
         self._store = store
+        self.max_seq_length = max_seq_length
         self._lock = threading.Condition()
         self._queue: deque[Job] = deque()
         self._queued = 0  # jobs in state QUEUED (the deque may still hold dropped ones)
@@ -266,13 +269,17 @@ class Batcher:
                 self._compute(batch)
 
     def _warm_up(self) -> None:
-        """One text through the encoder and every head, so that the first request pays no set-up
-        cost, and a first (batch-of-one, so low) throughput estimate."""
+        """The largest batch the limits allow (full-length texts) through the encoder and every head:
+        the first request pays no set-up cost, and onnxruntime's arena and the allocator reach their
+        peak before the server is ready, so that a burst later does not raise the process's memory
+        for good. Also a first, low, throughput estimate (texts/s at full length)."""
+        rows = max(1, min(self.max_items, self.max_tokens // max(self.max_seq_length, 1)))
+        text = " ".join(["warm-up"] * self.max_seq_length)  # at least max_seq_length tokens
         start = time.perf_counter()
-        pooled = self._embedder.encode_pooled(["warm-up"], batch_size=1)
+        pooled = self._embedder.encode_pooled([text] * rows, batch_size=rows)
         for head in self._embedder.heads:
             self._embedder.apply_head(pooled, head)
-        self.rate = 1 / max(time.perf_counter() - start, 1e-6)
+        self.rate = rows / max(time.perf_counter() - start, 1e-6)
 
     def _take(self) -> tuple[list[Job] | None, list[Job]]:
         """Wait for work; return (batch, expired jobs). The batch is None once stopping and empty."""

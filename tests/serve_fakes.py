@@ -45,6 +45,7 @@ class FakeEmbedder:
         self.fail_on = fail_on
         self.batches: list[list[str]] = []  # texts of every batch after the warm-up
         self.batch_tokens: list[list[int]] = []
+        self.warm_up_tokens: list[int] = []  # token counts of the warm-up batch
         self._warm = False
         self.running = threading.Event()  # set while a batch is inside encode_pooled
 
@@ -60,6 +61,8 @@ class FakeEmbedder:
         if not warm_up:
             self.batches.append(list(texts))
             self.batch_tokens.append([int(n) for n in self.inner.token_counts(list(texts))])
+        else:
+            self.warm_up_tokens = [int(n) for n in self.inner.token_counts(list(texts))]
         if self.delay:
             time.sleep(self.delay)
         if self.fail_on is not None and self.fail_on in texts:

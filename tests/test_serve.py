@@ -200,6 +200,20 @@ def test_batches_never_exceed_item_and_token_limits(embedder):
     assert any(len(t) < max_items and (len(t) + 1) * max(t) > max_tokens for t in fake.batch_tokens)
 
 
+@pytest.mark.parametrize(("items", "tokens", "rows"), [(32, 16_384, 32), (8, 25, 2), (3, 10_000, 3)])
+def test_warm_up_runs_the_largest_batch_the_limits_allow(embedder, items, tokens, rows):
+    # So that onnxruntime's arena and the allocator reach their peak before /ready, not in a burst
+    # later (bench/results/serve.md, soak); the token limit caps the rows at full length.
+    fake = FakeEmbedder(embedder)
+    run(_start(fake, max_batch_items=items, max_batch_tokens=tokens))
+    assert fake.warm_up_tokens == [toy_artifact.MAX_SEQ_LENGTH] * rows
+
+
+async def _start(fake, **limits):
+    async with serving(fake, **limits):
+        pass
+
+
 def test_identical_queued_texts_share_one_computation(embedder):
     gate = threading.Event()
     fake = FakeEmbedder(embedder, gate=gate)
