@@ -3,6 +3,8 @@
 # venv that has only `pip install .` (once with the latest releases, once with the floors of
 # tests/runtime-floors.txt), and fail if the export stack is importable there. A third venv has
 # `pip install ".[serve]"`: the same checks, then the server starts, embeds and drains on SIGTERM.
+# Two more have `pip install ".[batch]"` and `".[ray]"`: the same checks, then `embed-dataset` runs
+# (on the local engine, and on Ray in the second) and matches the Python API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -74,12 +76,6 @@ from jobbert_onnx import Embedder
 served = np.array(json.load(open(sys.argv[2])), dtype=np.float32)
 expected = Embedder(sys.argv[1]).encode(["Software Engineer", "Produktmanager"])
 assert np.allclose(served, expected, atol=1e-6), "the server and the API disagree"
-for module in ("torch", "transformers", "sentence_transformers", "onnx"):
-    try:
-        __import__(module)
-    except ImportError:
-        continue
-    raise SystemExit(f"{module} is importable beside the [serve] extra")
 print(f"{sys.argv[3]}: OK (server: /ready, /embed, /metrics)")
 PY
   kill -TERM "$server_pid"
@@ -89,7 +85,38 @@ PY
   [ "$status" -eq 0 ] || { echo "$1: the server exited with $status after SIGTERM" >&2; exit 1; }
 }
 
+check_dataset() {  # $1: a venv from check_venv with the [batch] or [ray] extra, $2...: embed-dataset arguments
+  local venv=$1 python
+  python=$(cd "$1" && pwd)/bin/python
+  shift
+  (
+    cd "$work"
+    rm -rf dataset-out
+    printf 'id,title\n1,Software Engineer\n2,Produktmanager\n3,Software Engineer\n' > titles.csv
+    "$(dirname "$python")/jobbert-onnx" embed-dataset artifact titles.csv dataset-out --text-column title \
+      --id-column id --no-progress "$@"
+    "$python" - artifact dataset-out "$venv" "$*" <<'PY'
+import sys
+import numpy as np
+import pyarrow.parquet as pq
+from jobbert_onnx import Embedder
+from jobbert_onnx.batch import TableEmbedder, embed_dataset  # noqa: F401 (importable)
+
+table = pq.read_table(sys.argv[2]).sort_by("id")
+assert table["id"].to_pylist() == [1, 2, 3], table["id"]
+vectors = np.asarray(table["embedding"].combine_chunks().flatten()).reshape(3, -1)
+expected = Embedder(sys.argv[1]).encode(["Software Engineer", "Produktmanager", "Software Engineer"])
+assert np.allclose(vectors, expected, atol=1e-6), "embed-dataset and the API disagree"
+print(f"{sys.argv[3]}: OK (embed-dataset {sys.argv[4]})")
+PY
+  )
+}
+
 check_venv "$RUNTIME_VENV" .
 check_venv "$RUNTIME_VENV-floors" . --constraint tests/runtime-floors.txt
 check_venv "$RUNTIME_VENV-serve" ".[serve]"
 check_serve "$RUNTIME_VENV-serve"
+check_venv "$RUNTIME_VENV-batch" ".[batch]"
+check_dataset "$RUNTIME_VENV-batch"
+check_venv "$RUNTIME_VENV-ray" ".[ray]"
+check_dataset "$RUNTIME_VENV-ray" --engine ray --workers 1

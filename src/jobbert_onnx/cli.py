@@ -1,4 +1,4 @@
-"""The `jobbert-onnx` command: export, embed, similarity, info, verify, serve.
+"""The `jobbert-onnx` command: export, embed, embed-dataset, similarity, info, verify, serve.
 
 Errors print as one line on stderr with a non-zero exit; `--debug` shows the traceback.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from jobbert_onnx.artifact_summary import summary_lines
+from jobbert_onnx.batch.cli import add_parser as add_dataset_parser  # pyarrow loads only when it runs
 from jobbert_onnx.embed_files import embeddings_writer, read_texts
 from jobbert_onnx.export import defaults  # torch-free: the exporter's choices and defaults
 from jobbert_onnx.runtime.errors import JobbertOnnxError
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--prompt-name", metavar="NAME",
                        help="prepend the model's prompt NAME (from config_sentence_transformers.json)")
     embed.set_defaults(run=cmd_embed)
+
+    add_dataset_parser(commands)
 
     sim = commands.add_parser("similarity", help="print the cosine similarity matrix of a few texts")
     sim.add_argument("artifact")

@@ -1,0 +1,22 @@
+"""Embed datasets: Parquet, CSV or JSON-lines rows in, a Parquet dataset of ids and embeddings out.
+
+Needs the `[batch]` extra (pyarrow); the Ray engine needs `[ray]` (ray[data]).
+
+- `embed_dataset`: the whole job, on the local engine (streaming, resumable) or on Ray Data.
+- `TableEmbedder`: the engine-neutral piece both engines use: an Arrow table of texts in, a
+  table of ids and embeddings out.
+
+Names are imported on first use, so that `jobbert-onnx --help` works without pyarrow.
+"""
+
+from importlib import import_module
+
+_WHERE = {"embed_dataset": ".api", "OutputFolderError": ".output", "BadRowError": ".table",
+          "InputError": ".table", "TableEmbedder": ".table", "artifact_sha256": ".table"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name], __name__), name)

@@ -1,0 +1,87 @@
+"""The local engine: one process streams the input through one `Embedder` into Parquet shards.
+
+Shard k holds input rows [k * rows_per_shard, (k + 1) * rows_per_shard), in file order. Each
+shard is written whole and renamed (the commit), so a run that is stopped, killed or crashes
+leaves shards 0..k-1 complete and nothing else; started again, it skips the rows of those
+shards (reading, not embedding them) and goes on with shard k. Memory holds one shard of
+texts and vectors at a time, whatever the input's size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from .inputs import InputFiles, Piece
+from .output import OutputFolder
+from .table import BatchStats, TableEmbedder
+
+
+def shards(pieces: Iterable[Piece], rows_per_shard: int, skip_rows: int = 0
+           ) -> Iterator[tuple[int, list[tuple[int, Piece]]]]:
+    """Regroup `pieces` into shards of `rows_per_shard` rows (the last may be shorter), skipping
+    the first `skip_rows` rows. Yields (shard index, [(input row of the piece, piece), ...]); a
+    shard may span files, so it is a list of pieces, each from one file."""
+    row, index = 0, skip_rows // rows_per_shard
+    current: list[tuple[int, Piece]] = []
+    filled = 0
+    for piece in pieces:
+        offset = 0
+        n = piece.table.num_rows
+        if row + n <= skip_rows:  # the whole piece was committed before
+            row += n
+            continue
+        if row < skip_rows:
+            offset = skip_rows - row
+            row = skip_rows
+        while offset < n:
+            take = min(rows_per_shard - filled, n - offset)
+            current.append((row, Piece(piece.path, piece.table.slice(offset, take))))
+            row, offset, filled = row + take, offset + take, filled + take
+            if filled == rows_per_shard:
+                yield index, current
+                index, current, filled = index + 1, [], 0
+    if current:
+        yield index, current
+
+
+def run(table_embedder: TableEmbedder, inputs: InputFiles, out: OutputFolder, rows_per_shard: int,
+        show_progress: bool = True) -> dict[str, Any]:
+    """Embed `inputs` into `out` from its first uncommitted shard on; return the summary."""
+    started = time.perf_counter()
+    done_shards = out.committed_shards()
+    skip = done_shards * rows_per_shard
+    pieces = inputs.pieces(table_embedder.text_column, table_embedder.id_column)
+    this_run = 0
+    total = inputs.count_rows()
+    with tqdm(total=total, initial=min(skip, total) if total is not None else skip, unit="row",
+              unit_scale=True, desc="Embedding", disable=not show_progress, smoothing=0.1) as bar:
+        for index, parts in shards(pieces, rows_per_shard, skip):
+            results = [table_embedder(table, first_row=first, source=path) for first, path, table in _by_file(parts)]
+            stats = BatchStats()
+            for result in results:
+                stats += result.stats
+            out.write_shard(index, _concat([r.table for r in results]), _concat([r.rejects for r in results]),
+                            stats)
+            this_run += stats.rows
+            bar.update(stats.rows)
+    return out.finish(table_embedder.id_name, "local", time.perf_counter() - started, this_run)
+
+
+def _by_file(parts: list[tuple[int, Piece]]) -> Iterator[tuple[int, str, pa.Table]]:
+    """Join a shard's consecutive pieces of one file, so that its repeated texts are embedded once."""
+    start = 0
+    while start < len(parts):
+        end = start + 1
+        while end < len(parts) and parts[end][1].path == parts[start][1].path:
+            end += 1
+        yield parts[start][0], parts[start][1].path, _concat([piece.table for _, piece in parts[start:end]])
+        start = end
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)

@@ -1,0 +1,318 @@
+"""The engine-neutral piece: an Arrow table of texts in, a table of ids and embeddings out.
+
+Both engines (local and Ray) call `TableEmbedder` on each batch of rows; a Spark `mapInPandas`
+wrapper is a few lines on top of it (README, "Embedding datasets"). It checks every row, embeds
+each distinct text of the batch once (and texts seen in recent batches not at all, from a
+bounded cache), and returns
+
+- `table`: the id column (or `row`, the input row number, when there is no id column) and
+  `embedding` as `fixed_size_list<float32>[dim]`, with the artifact's sha256, the head and the
+  normalize flag in the schema metadata (so in every Parquet file written from it);
+- `rejects`: the bad rows' ids and why (only with `on_bad_row="skip"`; otherwise the first bad
+  row raises `BadRowError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobbert_onnx.runtime import JobbertOnnxError, TextTooLongError
+
+from .defaults import BAD_ROW_POLICIES, DEFAULT_CACHE_MB
+
+if TYPE_CHECKING:
+    from jobbert_onnx.runtime import Embedder
+
+ROW_COLUMN = "row"
+EMBEDDING_COLUMN = "embedding"
+REASON_COLUMN = "reason"
+# Keys of the Parquet file metadata (bytes, as Arrow stores them).
+META_PREFIX = "jobbert_onnx."
+META_ARTIFACT = b"jobbert_onnx.artifact_sha256"
+META_HEAD = b"jobbert_onnx.head"
+META_NORMALIZE = b"jobbert_onnx.normalize"
+META_DIMENSION = b"jobbert_onnx.dimension"
+META_PROMPT = b"jobbert_onnx.prompt_name"
+META_STATS = b"jobbert_onnx.stats"
+
+
+class BadRowError(JobbertOnnxError):
+    """A row that cannot be embedded: a null or non-string text, a null id, a missing text column,
+    or a text the runtime refuses (`TextTooLongError`: too long, and no cut is proven safe)."""
+
+
+class InputError(JobbertOnnxError):
+    """An input that cannot be read as rows of texts; the message names it and says why."""
+
+
+def artifact_sha256(artifact: str | Path) -> str:
+    """sha256 of the artifact's manifest.json, which itself holds every file's sha256."""
+    return hashlib.sha256((Path(artifact) / "manifest.json").read_bytes()).hexdigest()
+
+
+@dataclass
+class BatchStats:
+    """Counts for one batch, or summed over many."""
+
+    rows: int = 0  # rows read
+    written: int = 0  # rows embedded
+    rejected: int = 0  # bad rows (only with on_bad_row="skip")
+    unique_texts: int = 0  # distinct texts, counted per batch
+    encoded: int = 0  # texts sent to the model: distinct per batch and not in the cache
+
+    def __iadd__(self, other: BatchStats) -> BatchStats:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass
+class EmbeddedBatch:
+    table: pa.Table  # id column + embedding, with the metadata above
+    rejects: pa.Table  # id column + reason; empty when every row was good
+    stats: BatchStats
+
+
+class _LruCache:
+    """Text -> embedding, keeping the `capacity` most recently used texts.
+
+    Vectors live in one matrix, allocated on first use; the dict keeps texts in LRU order and
+    maps each to its row, which an evicted text hands on to the next one.
+    """
+
+    def __init__(self, capacity: int, dimension: int) -> None:
+        self.capacity = capacity
+        self.dimension = dimension
+        self._slots: OrderedDict[str, int] = OrderedDict()
+        self._vectors: np.ndarray | None = None
+
+    def get(self, text: str) -> np.ndarray | None:
+        slot = self._slots.get(text)
+        if slot is None:
+            return None
+        self._slots.move_to_end(text)
+        return self._vectors[slot]
+
+    def put(self, text: str, vector: np.ndarray) -> None:
+        if self.capacity <= 0 or text in self._slots:
+            return
+        if self._vectors is None:
+            self._vectors = np.empty((self.capacity, self.dimension), np.float32)
+        if len(self._slots) < self.capacity:
+            slot = len(self._slots)
+        else:
+            slot = self._slots.popitem(last=False)[1]
+        self._slots[text] = slot
+        self._vectors[slot] = vector
+
+
+class TableEmbedder:
+    """Embed the text column of Arrow tables with one `Embedder`.
+
+    Args:
+        embedder: the loaded artifact.
+        text_column: the column holding the texts.
+        id_column: the column identifying each row, copied to the output; None: the output gets
+            `row`, the input row number (`first_row` of each call plus the row's position).
+        head, normalize, batch_size, prompt_name: as in `Embedder.encode` (prompt_name is passed
+            only when given).
+        on_bad_row: 'fail' raises `BadRowError` at the first bad row; 'skip' returns bad rows
+            in `EmbeddedBatch.rejects`.
+        cache_mb: size of the cache of embeddings across batches (0: none).
+        dedup: embed each distinct text of a batch once (False only to measure what it saves).
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        text_column: str,
+        id_column: str | None = None,
+        head: str | None = None,
+        normalize: bool = False,
+        batch_size: int = 32,
+        on_bad_row: str = "fail",
+        cache_mb: float = DEFAULT_CACHE_MB,
+        dedup: bool = True,
+        prompt_name: str | None = None,
+    ) -> None:
+        if on_bad_row not in BAD_ROW_POLICIES:
+            raise ValueError(f"on_bad_row={on_bad_row!r}: must be one of {', '.join(BAD_ROW_POLICIES)}.")
+        self.embedder = embedder
+        self.text_column = text_column
+        self.id_column = id_column
+        self.id_name = id_column or ROW_COLUMN
+        self.head = head or embedder.default_head
+        self.dimension = embedder.dimension(self.head)  # raises UnknownHeadError for a wrong head
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.on_bad_row = on_bad_row
+        self.dedup = dedup
+        self.prompt_name = prompt_name
+        # Each cached text costs its vector plus about 200 bytes of Python (the string, a dict entry).
+        capacity = int(cache_mb * 2**20) // (4 * self.dimension + 200) if dedup else 0
+        self._cache = _LruCache(capacity, self.dimension)
+        metadata = {
+            META_ARTIFACT: artifact_sha256(embedder.path).encode(),
+            META_HEAD: self.head.encode(),
+            META_NORMALIZE: str(normalize).lower().encode(),
+            META_DIMENSION: str(self.dimension).encode(),
+        }
+        if prompt_name is not None:
+            metadata[META_PROMPT] = prompt_name.encode()
+        self.metadata = metadata
+
+    # -- public --------------------------------------------------------------------------
+    def __call__(self, table: pa.Table, first_row: int | None = None, source: str | None = None) -> EmbeddedBatch:
+        """Embed `table`'s texts. `first_row`: the input row number of its first row (needed
+        without an id column, and named in errors); `source`: where the rows come from (errors)."""
+        ids = self._ids(table, first_row, source)
+        reasons = self._reasons(table, ids)
+        bad = np.array([r is not None for r in reasons], dtype=bool)
+        if bad.any() and self.on_bad_row == "fail":
+            self._fail(ids, reasons, int(np.flatnonzero(bad)[0]), first_row, source)
+        good_rows = np.flatnonzero(~bad)
+        texts = self._texts(table).filter(pa.array(~bad)) if len(good_rows) else pa.array([], pa.string())
+        vectors, unique, encoded, refused = self._embed(texts)
+        if refused:  # texts the runtime refuses (TextTooLongError): bad rows too, found only now
+            for position, reason in refused.items():
+                reasons[good_rows[position]] = reason
+            if self.on_bad_row == "fail":
+                self._fail(ids, reasons, int(good_rows[min(refused)]), first_row, source)
+            vectors = np.delete(vectors, list(refused), axis=0)
+            bad[good_rows[list(refused)]] = True
+        good = pa.array(~bad)
+        rejects = pa.table({self.id_name: ids.filter(pa.array(bad)),
+                            REASON_COLUMN: pa.array([r for r in reasons if r is not None], pa.string())})
+        out = pa.table({
+            self.id_name: ids.filter(good),
+            EMBEDDING_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dimension),
+        }).replace_schema_metadata(self.metadata)
+        stats = BatchStats(rows=table.num_rows, written=out.num_rows, rejected=rejects.num_rows,
+                           unique_texts=unique, encoded=encoded)
+        return EmbeddedBatch(out, rejects, stats)
+
+    def _fail(self, ids: pa.Array, reasons: list[str | None], i: int, first_row: int | None,
+              source: str | None) -> None:
+        raise BadRowError(
+            f"bad row {self._describe(ids, i, first_row, source)}: {reasons[i].rstrip('.')}. Fix the input, or pass "
+            f"--on-bad-row skip (on_bad_row='skip') to write such rows to the rejects file and go on.")
+
+    def output_schema(self, id_type: pa.DataType) -> pa.Schema:
+        """The schema of `table` in every result, for an id column of `id_type`."""
+        return pa.schema([pa.field(self.id_name, id_type),
+                          pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), self.dimension))],
+                         metadata=self.metadata)
+
+    # -- checks --------------------------------------------------------------------------
+    def _ids(self, table: pa.Table, first_row: int | None, source: str | None) -> pa.Array:
+        if self.id_column is None:
+            if first_row is None:
+                raise ValueError("without an id column, TableEmbedder needs first_row (the input row number).")
+            return pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))
+        if self.id_column not in table.column_names:
+            where = f" in {source}" if source else ""
+            raise InputError(f"no id column {self.id_column!r}{where} (columns: {', '.join(table.column_names)}).")
+        return table[self.id_column].combine_chunks()
+
+    def _reasons(self, table: pa.Table, ids: pa.Array) -> list[str | None]:
+        """Why each row cannot be embedded, or None for a good row."""
+        n = table.num_rows
+        if self.text_column not in table.column_names:
+            return [f"no column {self.text_column!r}"] * n
+        texts = self._texts(table)
+        if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type) or pa.types.is_null(texts.type):
+            wrong_type = None
+        else:
+            wrong_type = f"text is {texts.type}, not a string"
+        text_null = texts.is_null().to_numpy(zero_copy_only=False)
+        id_null = ids.is_null().to_numpy(zero_copy_only=False)
+        reasons: list[str | None] = [None] * n
+        for i in np.flatnonzero(text_null | id_null | (wrong_type is not None)):
+            reasons[i] = "id is null" if id_null[i] else "text is null" if text_null[i] else wrong_type
+        return reasons
+
+    def _texts(self, table: pa.Table) -> pa.Array:
+        texts = table[self.text_column].combine_chunks()
+        if pa.types.is_dictionary(texts.type):
+            texts = texts.dictionary_decode()
+        if pa.types.is_string_view(texts.type):
+            texts = texts.cast(pa.string())
+        return texts
+
+    def _describe(self, ids: pa.Array, i: int, first_row: int | None, source: str | None) -> str:
+        parts = []
+        if self.id_column is not None:
+            parts.append(f"{self.id_column}={ids[i].as_py()!r}")
+        if first_row is not None:
+            parts.append(f"input row {first_row + i}")
+        text = ", ".join(parts) or f"#{i} of its batch"
+        return f"{text} in {source}" if source else text
+
+    # -- embedding -----------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        prompt = {"prompt_name": self.prompt_name} if self.prompt_name is not None else {}
+        return self.embedder.encode(texts, head=self.head, batch_size=self.batch_size,
+                                    normalize=self.normalize, **prompt)
+
+    def _encode_all(self, texts: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        """Vectors of `texts`, and {position: reason} of the texts the runtime refuses to embed
+        (`TextTooLongError`; their rows of the vectors are zeros). The runtime names the first such
+        text before it embeds anything, so each refused text costs one more pass of preparation."""
+        refused: dict[int, str] = {}
+        kept = list(range(len(texts)))
+        while True:
+            try:
+                encoded = self._encode([texts[i] for i in kept])
+                break
+            except TextTooLongError as exc:
+                if exc.index is None:
+                    raise
+                refused[kept.pop(exc.index)] = exc.detail
+        if not refused:
+            return encoded, refused
+        vectors = np.zeros((len(texts), self.dimension), np.float32)
+        vectors[kept] = encoded
+        return vectors, refused
+
+    def _embed(self, texts: pa.Array) -> tuple[np.ndarray, int, int, dict[int, str]]:
+        """(vectors in row order, distinct texts, texts embedded, {row: reason} of refused texts)."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), np.float32), 0, 0, {}
+        if not self.dedup:
+            vectors, refused = self._encode_all(texts.to_pylist())
+            return vectors, len(texts), len(texts) - len(refused), refused
+        encoded = pc.dictionary_encode(texts)
+        distinct = encoded.dictionary.to_pylist()
+        vectors = np.empty((len(distinct), self.dimension), np.float32)
+        missing = []
+        for j, text in enumerate(distinct):
+            row = self._cache.get(text)
+            if row is None:
+                missing.append(j)
+            else:
+                vectors[j] = row
+        refused_distinct: dict[int, str] = {}
+        if missing:
+            new, refused = self._encode_all([distinct[j] for j in missing])
+            vectors[missing] = new
+            refused_distinct = {missing[k]: reason for k, reason in refused.items()}
+            for j in missing:
+                if j not in refused_distinct:
+                    self._cache.put(distinct[j], vectors[j])
+        indices = encoded.indices.to_numpy()
+        refused_rows = {int(r): refused_distinct[int(indices[r])]
+                        for r in np.flatnonzero(np.isin(indices, list(refused_distinct)))} if refused_distinct else {}
+        return vectors[indices], len(distinct), len(missing) - len(refused_distinct), refused_rows
