@@ -15,6 +15,23 @@ import pytest  # noqa: E402
 from tests.fixtures import models  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy artifact (`tests/toy_artifact.py`: hand-built graphs, no export), built afresh for each
+    test module, so that a module may change its copy."""
+    from tests import toy_artifact
+
+    return toy_artifact.build(tmp_path_factory.mktemp("toy") / "artifact")
+
+
+@pytest.fixture(scope="module")
+def embedder(artifact: Path):
+    """An `Embedder` on the module's toy artifact."""
+    from jobbert_onnx import Embedder
+
+    return Embedder(artifact)
+
+
 @pytest.fixture(scope="session")
 def job_titles() -> list[str]:
     """The fixture corpus: unique job titles in en, de, es and zh, sorted."""

@@ -28,16 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-6  # a text's embedding alone or in another batch: equal up to float summation order
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy_artifact.build(tmp_path_factory.mktemp("toy") / "artifact")
-
-
-@pytest.fixture(scope="module")
-def embedder(artifact: Path) -> Embedder:
-    return Embedder(artifact)
-
-
 def run(artifact, source, out, **kwargs):
     kwargs.setdefault("show_progress", False)
     return embed_dataset(artifact, source, out, **kwargs)
@@ -386,7 +376,7 @@ def test_argument_errors(artifact: Path, tmp_path: Path) -> None:
 # -- the command and memory -----------------------------------------------------------------
 def test_command(artifact: Path, tmp_path: Path) -> None:
     source = write(rows(60, distinct=10), tmp_path / "in.jsonl")
-    command = [sys.executable, "-m", "jobbert_onnx.batch", "embed-dataset", str(artifact), str(source)]
+    command = [sys.executable, "-m", "jobbert_onnx.cli", "embed-dataset", str(artifact), str(source)]
     done = subprocess.run(command + [str(tmp_path / "out"), "--id-column", "id", "--batch-rows", "25",
                                      "--head", "positive", "--normalize"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -25,7 +25,6 @@ from jobbert_onnx.batch.output import OutputFolder
 from jobbert_onnx.batch import ray_engine
 from jobbert_onnx.batch.ray_engine import RayEmbedBatches
 from jobbert_onnx.runtime import Embedder
-from tests import toy_artifact
 from tests.test_batch_data import embeddings, rows, write
 
 # Run by tests/test_batch_ray_process.py in a pytest process of its own (see why there).
@@ -43,11 +42,6 @@ def ray_session():
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy_artifact.build(tmp_path_factory.mktemp("toy") / "artifact")
 
 
 @pytest.fixture(scope="module")

@@ -141,60 +141,53 @@ def test_int8_export_with_calibration_file_and_opset_18(jobbert_asym_model, tmp_
 
 
 # -- embed-dataset (the toy artifact: no export needed) --------------------------------------
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    from tests import toy_artifact
-
-    return toy_artifact.build(tmp_path_factory.mktemp("toy") / "artifact")
-
-
-def test_embed_dataset_command(toy, tmp_path):
+def test_embed_dataset_command(artifact, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     source = tmp_path / "postings.csv"
     source.write_text("id,title\n7,nurse\n8,python developer\n9,nurse\n")
-    result = cli("embed-dataset", toy, source, tmp_path / "out", "--text-column", "title", "--id-column", "id",
+    result = cli("embed-dataset", artifact, source, tmp_path / "out", "--text-column", "title", "--id-column", "id",
                  "--head", "positive", "--normalize", "--batch-rows", "2")
     assert result.returncode == 0, result.stderr
     assert "row/s" in result.stderr  # the tqdm bar, in rows
     table = pq.read_table(tmp_path / "out").sort_by("id")
     assert table["id"].to_pylist() == [7, 8, 9]
     got = np.asarray(table["embedding"].combine_chunks().flatten()).reshape(3, -1)
-    want = Embedder(toy).encode(["nurse", "python developer", "nurse"], head="positive", normalize=True)
+    want = Embedder(artifact).encode(["nurse", "python developer", "nurse"], head="positive", normalize=True)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (summary["rows_written"], summary["head"], summary["normalize"]) == (3, "positive", True)
-    again = cli("embed-dataset", toy, source, tmp_path / "out", "--text-column", "title", "--id-column", "id",
+    again = cli("embed-dataset", artifact, source, tmp_path / "out", "--text-column", "title", "--id-column", "id",
                 "--head", "positive", "--normalize", "--batch-rows", "2", "--no-progress")
     assert again.returncode == 0 and json.loads(again.stderr.split(": ", 1)[1]) == summary  # finished: nothing new
 
 
-def test_embed_dataset_errors_are_one_line(toy, tmp_path):
+def test_embed_dataset_errors_are_one_line(artifact, tmp_path):
     pytest.importorskip("pyarrow")
     source = tmp_path / "in.csv"
     source.write_text("id,title\n1,nurse\n2,\n")
-    missing = cli("embed-dataset", toy, source, tmp_path / "a", "--id-column", "id", "--no-progress")
+    missing = cli("embed-dataset", artifact, source, tmp_path / "a", "--id-column", "id", "--no-progress")
     assert_one_line_error(missing, f"bad row id=1, input row 0 in {source}: no column 'text'", "--on-bad-row skip")
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"id": 1, "text": "nurse"}) + "\n" + json.dumps({"id": 2, "text": "x" * 70_000}) + "\n")
-    too_long = cli("embed-dataset", toy, long, tmp_path / "b", "--id-column", "id", "--no-progress")
+    too_long = cli("embed-dataset", artifact, long, tmp_path / "b", "--id-column", "id", "--no-progress")
     assert_one_line_error(too_long, "bad row id=2, input row 1", "a text of 70,000 characters cannot be embedded")
-    skipped = cli("embed-dataset", toy, long, tmp_path / "c", "--id-column", "id", "--no-progress",
+    skipped = cli("embed-dataset", artifact, long, tmp_path / "c", "--id-column", "id", "--no-progress",
                   "--on-bad-row", "skip")
     assert skipped.returncode == 0, skipped.stderr
     assert json.loads((tmp_path / "c" / "_summary.json").read_text())["rejected_rows"] == 1
-    other_head = cli("embed-dataset", toy, long, tmp_path / "c", "--id-column", "id", "--no-progress",
+    other_head = cli("embed-dataset", artifact, long, tmp_path / "c", "--id-column", "id", "--no-progress",
                      "--on-bad-row", "skip", "--head", "positive")
     assert_one_line_error(other_head, "head 'anchor', this run uses 'positive'")
-    no_ids = cli("embed-dataset", toy, long, tmp_path / "d", "--engine", "ray")
+    no_ids = cli("embed-dataset", artifact, long, tmp_path / "d", "--engine", "ray")
     assert_one_line_error(no_ids, "the Ray engine needs an id column (--id-column)")
     assert not (tmp_path / "d").exists()
 
 
-def test_embed_dataset_without_pyarrow_names_the_extra(toy, tmp_path):
+def test_embed_dataset_without_pyarrow_names_the_extra(artifact, tmp_path):
     """A runtime-only install has no pyarrow: the command says which extra to install, in one line."""
     code = ("import sys; sys.modules['pyarrow'] = None; from jobbert_onnx.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
-    result = subprocess.run([sys.executable, "-c", code, "embed-dataset", str(toy), str(tmp_path / "in.csv"),
+    result = subprocess.run([sys.executable, "-c", code, "embed-dataset", str(artifact), str(tmp_path / "in.csv"),
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert_one_line_error(result, "embed-dataset needs the [batch] extra: pip install 'jobbert-onnx[batch]'")
     help_text = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=120)

@@ -20,7 +20,6 @@ from jobbert_onnx.cli import main
 from jobbert_onnx.embed_files import InputFileError, OutputFileError, read_texts, write_embeddings
 from jobbert_onnx.runtime import Embedder, Manifest
 
-from . import toy_artifact as toy
 
 # Texts that str.splitlines() would split, quotes and separators a CSV or JSON writer must escape,
 # a line break of each kind, surrounding spaces and the empty text.
@@ -38,11 +37,6 @@ TRICKY = [
     "  padded  ",
     "",
 ]
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy.build(tmp_path_factory.mktemp("toy"))
 
 
 def run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:

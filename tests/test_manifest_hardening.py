@@ -29,11 +29,6 @@ from jobbert_onnx.runtime.manifest import MANIFEST_NAME, FileEntry, sha256_of
 Edit = Callable[[dict[str, Any]], None]
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy.build(tmp_path_factory.mktemp("toy"))
-
-
 @pytest.fixture
 def copy(artifact: Path, tmp_path: Path) -> Path:
     """A private copy of the toy artifact that a test may damage."""

@@ -31,16 +31,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy.build(tmp_path_factory.mktemp("toy"))
-
-
-@pytest.fixture(scope="module")
-def embedder(artifact: Path) -> Embedder:
-    return Embedder(artifact)
-
-
 @pytest.fixture
 def copy(artifact: Path, tmp_path: Path) -> Path:
     """A private copy of the artifact that a test may damage."""

@@ -17,11 +17,6 @@ TEXTS = ["Senior Python developer", "nurse", "Data engineer in the care sector",
          "red red red red", "python " * 30]
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy.build(tmp_path_factory.mktemp("toy"))
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "io-binding"])
 def embedder(request: pytest.FixtureRequest, artifact: Path) -> Embedder:
     # io_binding=True runs the CUDA code path (OrtValues between graphs) on the CPU.

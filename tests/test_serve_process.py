@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,16 +17,11 @@ from . import toy_artifact
 from .serve_fakes import server_process
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy_artifact.build(tmp_path_factory.mktemp("serve-process") / "toy")
-
-
-def test_openai_client_unchanged_against_the_cli_server(toy):
+def test_openai_client_unchanged_against_the_cli_server(artifact):
     """`python -m jobbert_onnx.serve` with the key from the environment; the client asks for base64."""
     texts = ["Senior Software Developer", "nurse", "data engineer python"]
-    embedder = Embedder(toy)
-    with server_process(["-m", "jobbert_onnx.serve", str(toy), "--served-model-name", "jobbert"],
+    embedder = Embedder(artifact)
+    with server_process(["-m", "jobbert_onnx.serve", str(artifact), "--served-model-name", "jobbert"],
                         env={"JOBBERT_ONNX_API_KEY": "s3cret"}) as (process, url):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
         response = client.embeddings.create(model="jobbert", input=texts)
@@ -47,9 +41,9 @@ def test_openai_client_unchanged_against_the_cli_server(toy):
     assert listed == ["jobbert", "jobbert/anchor", "jobbert/positive"]
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero(toy):
+def test_sigterm_drains_in_flight_requests_and_exits_zero(artifact):
     """SIGTERM: /ready answers 503 at once, new work 503, the request in flight finishes, exit code 0."""
-    with server_process(["-m", "tests.serve_fakes", str(toy), "1.0"]) as (process, url):
+    with server_process(["-m", "tests.serve_fakes", str(artifact), "1.0"]) as (process, url):
         result: dict = {}
 
         def in_flight():
@@ -71,20 +65,20 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(toy):
     assert refused.status_code == 503 and refused.json()["error_type"] == "Unhealthy"
     response = result["response"]
     assert response.status_code == 200
-    np.testing.assert_allclose(response.json(), Embedder(toy).encode(["senior nurse"]), rtol=1e-6)
+    np.testing.assert_allclose(response.json(), Embedder(artifact).encode(["senior nurse"]), rtol=1e-6)
     assert code == 0, log
     assert time.monotonic() - started < 15
     assert "draining" in log
 
 
-def test_load_test_driver_counts_what_it_sends(toy):
+def test_load_test_driver_counts_what_it_sends(artifact):
     """bench/serve.py's client against a real server: closed and open loops, answers checked."""
     import asyncio
 
     from bench.serve import Dialect, closed_loop, open_loop, unique_stream
 
     titles = ["nurse", "data engineer", "senior java developer"]
-    with server_process(["-m", "jobbert_onnx.serve", str(toy), "--served-model-name", "jobbert"]) as (process, url):
+    with server_process(["-m", "jobbert_onnx.serve", str(artifact), "--served-model-name", "jobbert"]) as (process, url):
         dialect = Dialect("/v1/embeddings", "jobbert")
         closed = asyncio.run(closed_loop(url, dialect, unique_stream(titles), concurrency=4, seconds=0.5, warm_up=0.1))
         opened = asyncio.run(open_loop(url, dialect, unique_stream(titles), rate=100, seconds=0.5))
