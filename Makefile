@@ -4,6 +4,8 @@
 # And the benchmarks (README, "Benchmarks"):
 #   make bench DATA=<job-title-similarity folder>    speed, quality, then the report
 #   make levers DATA=<job-title-similarity folder>   what each speed/accuracy lever does
+#   make serve-bench DATA=...   the server's load test, with infinity-emb as the peer (bench/serve.py)
+#   make batch-bench DATA=...   dataset embedding, local engine and Ray (bench/batch.py)
 PYTHON   ?= python3
 VENV     ?= .venv
 MODEL    ?= TechWolf/JobBERT-v3
@@ -14,7 +16,7 @@ PIP       = $(VENV)/bin/python -m pip --disable-pip-version-check
 
 SEED_TITLES = 'Software Engineer' '高级软件开发人员' 'Produktmanager' 'Científica de datos'
 
-.PHONY: venv demo test bench levers clean
+.PHONY: venv demo test bench levers serve-bench batch-bench clean
 
 venv: $(VENV)/.installed
 
@@ -43,8 +45,17 @@ levers: venv
 	@test -n "$(DATA)" || { echo "make levers: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
 	$(VENV)/bin/python -m bench.levers --data "$(DATA)"
 
+# Both need the JobBERT-sized int8 artifact that `make bench` builds (bench/cache/reference-int8).
+serve-bench: venv $(PEER_INFINITY)/.installed
+	@test -n "$(DATA)" || { echo "make serve-bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
+	$(VENV)/bin/python -m bench.serve --data "$(DATA)"
+
+batch-bench: venv
+	@test -n "$(DATA)" || { echo "make batch-bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
+	$(VENV)/bin/python -m bench.batch --data "$(DATA)"
+
 clean:
-	rm -rf $(VENV) .venv-runtime .venv-runtime-floors artifacts
+	rm -rf $(VENV) .venv-runtime .venv-runtime-floors .venv-runtime-serve .venv-runtime-batch .venv-runtime-ray artifacts
 
 # The peers that `bench.speed` runs beside ours (bench/peers.py), each in its own venv, which
 # `make bench` builds once. sentence-transformers' ONNX backend needs optimum-onnx, which pins
@@ -54,6 +65,9 @@ PEER_ST        ?= .venv-peer-st
 PEER_FASTEMBED ?= .venv-peer-fastembed
 PEER_ST_PKG    ?= sentence-transformers[onnx]==5.7.0
 PEER_FE_PKG    ?= fastembed==0.9.1
+# bench.serve's peer: infinity-emb with its default torch engine.
+PEER_INFINITY  ?= .venv-peer-infinity
+PEER_INF_PKG   ?= infinity-emb[server,torch]==0.0.78
 
 .PHONY: peer-venvs clean-peers
 peer-venvs: $(PEER_ST)/.installed $(PEER_FASTEMBED)/.installed
@@ -73,5 +87,12 @@ $(PEER_FASTEMBED)/.installed:
 	$(PEER_FASTEMBED)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_FE_PKG)"
 	touch $@
 
+$(PEER_INFINITY)/.installed:
+	$(PYTHON) -m venv $(PEER_INFINITY)
+	$(PEER_INFINITY)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
+	$(PEER_INFINITY)/bin/python -m pip --disable-pip-version-check install -q "$(TORCH)"
+	$(PEER_INFINITY)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_INF_PKG)"
+	touch $@
+
 clean-peers:
-	rm -rf $(PEER_ST) $(PEER_FASTEMBED)
+	rm -rf $(PEER_ST) $(PEER_FASTEMBED) $(PEER_INFINITY)

@@ -539,6 +539,21 @@ def run_bench(args: argparse.Namespace) -> dict:
     return result
 
 
+def rerun_soak(args: argparse.Namespace, previous: Path) -> dict:
+    """The last full run's results with the soak run again (same artifact, same saturation), dated."""
+    from bench.workload import load_tasks, unique_titles
+
+    result = json.loads(previous.read_text(encoding="utf-8"))
+    titles = unique_titles(load_tasks(args.data))
+    logs = Path(args.cache) / "serve-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    result["soak"] = _soak(Path(result["artifact"]), titles, logs, result["saturation_titles_per_s"], args)
+    result["soak"]["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["soak"]["machine"] = machine_info()
+    result["targets"] = targets(result)
+    return result
+
+
 def _artifact(args: argparse.Namespace, titles: list[str]) -> tuple[Path, Path | None]:
     """The int8 artifact to serve and the checkpoint it came from (for the peer)."""
     if args.artifact:
@@ -741,7 +756,8 @@ def to_markdown(result: dict) -> str:
         soak = result["soak"]
         lines += [
             "",
-            f"Soak at {soak['rate']} requests/s (70% of saturation) for {soak['seconds']:g} s, default cache: "
+            (f"Soak (run again on {soak['date']}, same saturation) " if "date" in soak else "Soak ")
+            + f"at {soak['rate']} requests/s (70% of saturation) for {soak['seconds']:g} s, default cache: "
             f"statuses {soak['statuses']}; RSS {soak['rss_start_mb']} MB at start, {soak['rss_baseline_mb']} MB once "
             f"the cache was full ({soak['cache_full_at_s']} s in; a quarter in if it never filled), "
             f"{soak['rss_end_mb']} MB at the end ({100 * soak['rss_growth']:+.1f}%).",
@@ -777,9 +793,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-seconds", type=float, default=20)
     parser.add_argument("--soak-seconds", type=float, default=600, help="0 skips the soak")
     parser.add_argument("--peer", choices=["infinity", "none"], default="infinity")
+    parser.add_argument("--soak-only", action="store_true",
+                        help="run the soak again at the saturation in --results/serve.json and replace its soak")
     args = parser.parse_args(argv)
-    result = run_bench(args)
     results = Path(args.results)
+    result = rerun_soak(args, results / "serve.json") if args.soak_only else run_bench(args)
     results.mkdir(parents=True, exist_ok=True)
     (results / "serve.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (results / "serve.md").write_text(to_markdown(result), encoding="utf-8")

@@ -107,9 +107,9 @@ class Batcher:
         batch_wait_s: once a job is queued, wait this long for the batch to fill (0: run at once).
         max_queued: distinct jobs that may wait; `submit` raises `QueueFull` beyond.
         queue_timeout_s: jobs still queued this long after their last request arrived are dropped.
-            `submit` also raises `QueueFull` while the queue's estimated wait (queued jobs / recent
-            texts per second) is past half of it, so that overload is answered at once with a 429
-            rather than after a long wait with a timeout.
+            `submit` also raises `QueueFull` while the queue's estimated wait (queued jobs / texts
+            per second of recent full batches) is past half of it, so that overload is answered at
+            once with a 429 rather than after a long wait with a timeout.
         store: called on the event loop with (key, vector, tokens) for each computed job (the cache).
         max_seq_length: the model's; the warm-up runs the largest batch the limits allow with it.
     """
@@ -144,7 +144,11 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.failure: BaseException | None = None
-        self.rate: float | None = None  # texts per second of recent batches (exponential average)
+        # Texts per second of recent full batches (an exponential average): a backlog longer than
+        # one batch drains in full batches, which run several times faster per text than the
+        # batches of one or two that a lightly loaded server runs; those would make a passing
+        # backlog look seconds long and refuse requests that would have run in time.
+        self.rate: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -261,12 +265,12 @@ class Batcher:
             return
         self.ready.set()
         while True:
-            batch, expired = self._take()
+            batch, expired, full = self._take()
             self._hand_back(expired, QueueTimeout("waited in the queue past --queue-timeout"))
             if batch is None:
                 return
             if batch:
-                self._compute(batch)
+                self._compute(batch, full)
 
     def _warm_up(self) -> None:
         """The largest batch the limits allow (full-length texts) through the encoder and every head:
@@ -281,13 +285,14 @@ class Batcher:
             self._embedder.apply_head(pooled, head)
         self.rate = rows / max(time.perf_counter() - start, 1e-6)
 
-    def _take(self) -> tuple[list[Job] | None, list[Job]]:
-        """Wait for work; return (batch, expired jobs). The batch is None once stopping and empty."""
+    def _take(self) -> tuple[list[Job] | None, list[Job], bool]:
+        """Wait for work; return (batch, expired jobs, whether a batch limit filled it). The batch is
+        None once stopping and empty."""
         with self._lock:
             while self._queued == 0:
                 if self._stopping:
                     self._queue.clear()  # only dropped jobs can be left
-                    return None, []
+                    return None, [], False
                 self._lock.wait()
             if self.batch_wait_s > 0:
                 fill_by = time.monotonic() + self.batch_wait_s
@@ -301,6 +306,7 @@ class Batcher:
             expired: list[Job] = []
             texts: set[tuple[str | None, str]] = set()
             longest = 0
+            full = False
             while self._queue:
                 job = self._queue[0]
                 if job.state != QUEUED:  # dropped: its clients have gone
@@ -314,6 +320,7 @@ class Batcher:
                 if job.encoder_key not in texts:
                     rows = len(texts) + 1
                     if batch and (rows > self.max_items or rows * max(longest, job.item.tokens) > self.max_tokens):
+                        full = True
                         break
                     texts.add(job.encoder_key)
                     longest = max(longest, job.item.tokens)
@@ -326,9 +333,9 @@ class Batcher:
             self._metrics.queue_wait.observe(job.queue_s)
         if expired:
             self._metrics.dropped.labels(reason="queue_timeout").inc(len(expired))
-        return batch, expired
+        return batch, expired, full or len(texts) >= self.max_items
 
-    def _compute(self, batch: list[Job]) -> None:
+    def _compute(self, batch: list[Job], full: bool) -> None:
         start = time.perf_counter()
         try:
             by_prompt: dict[str | None, dict[str, int]] = {}
@@ -355,8 +362,9 @@ class Batcher:
             self._hand_back(batch, exc)
             return
         elapsed = time.perf_counter() - start
-        sample = rows_total / max(elapsed, 1e-6)
-        self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
+        if full:
+            sample = rows_total / max(elapsed, 1e-6)
+            self.rate = sample if self.rate is None else 0.8 * self.rate + 0.2 * sample
         for job in batch:
             job.state = DONE
             job.inference_s = elapsed

@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import threading
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,16 +20,6 @@ from . import toy_artifact
 from .serve_fakes import FakeEmbedder, serving
 
 WORDS = toy_artifact.WORDS
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy_artifact.build(tmp_path_factory.mktemp("serve") / "toy")
-
-
-@pytest.fixture(scope="module")
-def embedder(toy: Path) -> Embedder:
-    return Embedder(toy)
 
 
 def texts_of(count: int, seed: int = 0, words: tuple[int, int] = (1, 12)) -> list[str]:
@@ -340,6 +329,27 @@ def test_overload_is_refused_by_estimated_wait_before_anything_times_out(embedde
     assert 3 <= statuses.count(200) <= 10  # about half a second of work was admitted
     rejected = next(r for r in burst if r.status_code == 429)
     assert "half of --queue-timeout 1 s" in rejected.json()["error"] and rejected.headers["retry-after"] == "1"
+
+
+def test_wait_estimate_comes_from_full_batches_only(embedder):
+    """Batches of one (a lightly loaded server) run slower per text than the full batches a backlog
+    drains in; they must not lower the throughput estimate that decides 429s."""
+    fake = FakeEmbedder(embedder, delay=0.05)
+
+    async def scenario():
+        async with serving(fake, max_batch_items=4, cache_mb=0) as (client, state):
+            warm = state.batcher.rate
+            for i in range(5):
+                assert (await client.post("/embed", json={"inputs": f"nurse {i}"})).status_code == 200
+            after_singles = state.batcher.rate
+            burst = await asyncio.gather(*[client.post("/embed", json={"inputs": f"doctor {i}"}) for i in range(12)])
+            return warm, after_singles, state.batcher.rate, burst, list(fake.batches)
+
+    warm, after_singles, after_burst, burst, batches = run(scenario())
+    assert 40 < warm < 81  # the warm-up: 4 full-length texts in one 0.05 s batch
+    assert after_singles == warm  # five batches of one changed nothing
+    assert all(r.status_code == 200 for r in burst)
+    assert any(len(b) == 4 for b in batches) and after_burst != warm  # full batches update it
 
 
 # -- status codes and body shapes ------------------------------------------------------------------
@@ -671,12 +681,12 @@ def test_prompt_name_is_prepended_counted_and_cached_apart(tmp_path):
     assert info.json()["prompts"] == ["query"]
 
 
-def test_cli_errors_are_one_line(toy, capsys):
+def test_cli_errors_are_one_line(artifact, capsys):
     from jobbert_onnx.serve.cli import main
 
-    assert main([str(toy.parent / "missing")]) == 1
-    assert main([str(toy), "--max-batch-tokens", "5"]) == 1
-    assert main([str(toy), "--max-inputs", "2000"]) == 1
+    assert main([str(artifact.parent / "missing")]) == 1
+    assert main([str(artifact), "--max-batch-tokens", "5"]) == 1
+    assert main([str(artifact), "--max-inputs", "2000"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("jobbert-onnx: error: ") for line in lines)
     assert "missing" in lines[0]
