@@ -3,8 +3,8 @@
 Shard k holds input rows [k * rows_per_shard, (k + 1) * rows_per_shard), in file order. Each
 shard is written whole and renamed (the commit), so a run that is stopped, killed or crashes
 leaves shards 0..k-1 complete and nothing else; started again, it skips the rows of those
-shards (reading, not embedding them) and goes on with shard k. Memory holds one shard of
-texts and vectors at a time, whatever the input's size.
+shards (reading, not embedding them) and goes on with shard k. Memory holds the texts and ids
+of `LOOKAHEAD_SHARDS` shards and the vectors of one, whatever the input's size.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from tqdm import tqdm
 from .inputs import InputFiles, Piece
 from .output import OutputFolder
 from .table import BatchStats, TableEmbedder
+
+# Shards whose new texts are embedded together (`TableEmbedder.prefetch`): the input of this many
+# shards (texts and ids only) is held at once; shards are still written, and committed, one by one.
+LOOKAHEAD_SHARDS = 8
 
 
 def shards(pieces: Iterable[Piece], rows_per_shard: int, skip_rows: int = 0
@@ -60,16 +64,31 @@ def run(table_embedder: TableEmbedder, inputs: InputFiles, out: OutputFolder, ro
     total = inputs.count_rows()
     with tqdm(total=total, initial=min(skip, total) if total is not None else skip, unit="row",
               unit_scale=True, desc="Embedding", disable=not show_progress, smoothing=0.1) as bar:
-        for index, parts in shards(pieces, rows_per_shard, skip):
-            results = [table_embedder(table, first_row=first, source=path) for first, path, table in _by_file(parts)]
-            stats = BatchStats()
-            for result in results:
-                stats += result.stats
-            out.write_shard(index, _concat([r.table for r in results]), _concat([r.rejects for r in results]),
-                            stats)
-            this_run += stats.rows
-            bar.update(stats.rows)
+        for group in _groups(shards(pieces, rows_per_shard, skip), LOOKAHEAD_SHARDS):
+            prefetched = table_embedder.prefetch([piece.table for _, parts in group for _, piece in parts])
+            for index, parts in group:
+                results = [table_embedder(table, first_row=first, source=path) for first, path, table in _by_file(parts)]
+                stats = BatchStats(encoded=prefetched)  # the group's prefetch counts with its first shard
+                prefetched = 0
+                for result in results:
+                    stats += result.stats
+                out.write_shard(index, _concat([r.table for r in results]), _concat([r.rejects for r in results]),
+                                stats)
+                this_run += stats.rows
+                bar.update(stats.rows)
     return out.finish(table_embedder.id_name, "local", time.perf_counter() - started, this_run)
+
+
+def _groups(items: Iterator, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last may be shorter), read lazily."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _by_file(parts: list[tuple[int, Piece]]) -> Iterator[tuple[int, str, pa.Table]]:

@@ -227,6 +227,37 @@ class TableEmbedder:
             raise InputError(f"no id column {self.id_column!r}{where} (columns: {', '.join(table.column_names)}).")
         return table[self.id_column].combine_chunks()
 
+    def prefetch(self, tables: list[pa.Table]) -> int:
+        """Embed, in one call, the distinct texts of `tables` that the cache lacks (up to half its
+        capacity, in order of first appearance), and cache them; returns how many were embedded.
+
+        Calling it on the next few batches before embedding them one by one lets their new texts
+        run sorted by length in full batches: embedding each batch's few new texts on its own runs
+        them in small, padded batches (`bench/results/batch.md`). Rows that are not plain strings, and
+        texts the runtime refuses, are left to the per-batch call, which reports them.
+        """
+        room = self._cache.capacity // 2
+        if not self.dedup or room == 0:
+            return 0
+        new: dict[str, None] = {}
+        for table in tables:
+            if self.text_column not in table.column_names:
+                continue
+            texts = self._texts(table)
+            if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+                continue
+            for text in pc.unique(texts.drop_null()).to_pylist():
+                if len(new) < room and text not in new and self._cache.get(text) is None:
+                    new[text] = None
+        if not new:
+            return 0
+        texts = list(new)
+        vectors, refused = self._encode_all(texts)
+        for i, text in enumerate(texts):
+            if i not in refused:
+                self._cache.put(text, vectors[i])
+        return len(texts) - len(refused)
+
     def _reasons(self, table: pa.Table, ids: pa.Array) -> list[str | None]:
         """Why each row cannot be embedded, or None for a good row."""
         n = table.num_rows

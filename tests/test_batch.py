@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobbert_onnx.batch import local
 from jobbert_onnx.batch import BadRowError, InputError, OutputFolderError, TableEmbedder, embed_dataset
 from jobbert_onnx.batch.inputs import _glob_regex, resolve_input
 from jobbert_onnx.runtime import Embedder, TextTooLongError, UnknownHeadError
@@ -259,7 +260,9 @@ class FailingEmbedder(Embedder):
         return super().encode(texts, **kwargs)
 
 
-def test_resume_after_a_failure_embeds_only_the_remaining_rows(artifact: Path, tmp_path: Path) -> None:
+def test_resume_after_a_failure_embeds_only_the_remaining_rows(artifact: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "LOOKAHEAD_SHARDS", 1)  # each shard embeds its own texts
     table = rows(1000)  # distinct texts: each row is one encoded text
     source = write(table, tmp_path / "in.parquet")
     out = tmp_path / "out"
@@ -277,6 +280,29 @@ def test_resume_after_a_failure_embeds_only_the_remaining_rows(artifact: Path, t
     assert ids.tolist() == table["id"].to_pylist()  # every id exactly once
     run(artifact, source, tmp_path / "reference", id_column="id", batch_rows=100)
     assert np.array_equal(vectors, embeddings(tmp_path / "reference")[1])
+
+
+def test_new_texts_of_the_next_shards_are_embedded_together(artifact: Path, tmp_path: Path) -> None:
+    # LOOKAHEAD_SHARDS shards' new texts go to the model in one call (full, length-sorted batches);
+    # the shards are still committed one by one, so a failure in the next group keeps this one.
+    table = rows(1000)  # distinct texts
+    source = write(table, tmp_path / "in.parquet")
+    clean = FailingEmbedder(artifact)
+    summary = run(clean, source, tmp_path / "clean", id_column="id", batch_rows=100)
+    assert clean.calls == -(-10 // local.LOOKAHEAD_SHARDS)  # one call per group of shards
+    assert sorted(clean.texts) == sorted(table["text"].to_pylist()) and summary["texts_encoded"] == 1000
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        run(FailingEmbedder(artifact, fail_at=2), source, out, id_column="id", batch_rows=100)
+    committed = local.LOOKAHEAD_SHARDS
+    assert sorted(p.name for p in out.glob("part-*")) == [f"part-{i:06d}.parquet" for i in range(committed)]
+    second = FailingEmbedder(artifact)
+    summary = run(second, source, out, id_column="id", batch_rows=100)
+    assert sorted(second.texts) == sorted(table["text"].to_pylist()[100 * committed:])
+    assert summary["rows_written"] == 1000 and summary["texts_encoded"] == 1000
+    ids, vectors = embeddings(out)
+    assert ids.tolist() == table["id"].to_pylist()
+    np.testing.assert_allclose(vectors, embeddings(tmp_path / "clean")[1], rtol=0, atol=1e-6)
 
 
 KILL_MID_WRITE = textwrap.dedent("""
