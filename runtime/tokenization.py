@@ -90,16 +90,18 @@ class TextTokenizer:
                            "not know, so no cut is proven")
         return text, False
 
-    def prepare_many(self, texts: Sequence[str], prompt: str = "", count: bool = True) -> tuple[list[str], np.ndarray]:
+    def prepare_many(self, texts: Sequence[str], prompt: str = "", count: bool = True,
+                     first: int = 0) -> tuple[list[str], np.ndarray]:
         """The prepared texts and their `token_counts` (all 0 unless `count`). Only the prepared texts
         are kept (bounded by what truncation keeps), and they are counted `COUNT_CHUNK` at a time.
-        Raises `TextTooLongError` naming the first text that is too long to tokenize and cannot be cut."""
+        Raises `TextTooLongError` naming the first text that is too long to tokenize and cannot be cut,
+        by its index plus `first` (where `texts` starts in the caller's list)."""
         prepared, counts = [], np.zeros(len(texts), dtype=np.int64)
         for i, text in enumerate(texts):
             try:
                 text, full = self._prepare(text, prompt)
             except TextTooLongError as exc:
-                raise TextTooLongError(exc.detail, index=i) from None
+                raise TextTooLongError(exc.detail, index=first + i) from None
             prepared.append(text)
             counts[i] = self.spec.max_seq_length if full else 0
         if not count:
@@ -118,7 +120,8 @@ class TextTokenizer:
         """Tokens per text after truncation, special tokens included (what a batch row costs)."""
         counts = np.zeros(len(texts), dtype=np.int64)
         for start in range(0, len(texts), COUNT_CHUNK):
-            counts[start:start + COUNT_CHUNK] = self.prepare_many(texts[start:start + COUNT_CHUNK], prompt)[1]
+            counts[start:start + COUNT_CHUNK] = self.prepare_many(texts[start:start + COUNT_CHUNK], prompt,
+                                                                  first=start)[1]
         return counts
 
     def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:

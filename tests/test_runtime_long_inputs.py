@@ -204,6 +204,18 @@ def test_texts_that_cannot_be_cut_are_tokenized_whole_up_to_a_limit(
         assert info.value.index == 1
 
 
+def test_a_refused_text_is_named_by_its_place_in_the_whole_list(tokenizer_files: dict[str, Path]) -> None:
+    # token_counts works COUNT_CHUNK texts at a time; the index must still count from the list's start.
+    runtime, _ = _pair(tokenizer_files["bpe"])
+    texts = ["nurse"] * (tokenization.COUNT_CHUNK + 500)
+    texts[tokenization.COUNT_CHUNK + 400] = "x" * (WHOLE + 1)  # one BPE word: no cut is proven
+    for call in (runtime.token_counts, runtime.tokenize):
+        with pytest.raises(TextTooLongError) as info:
+            call(texts)
+        assert info.value.index == tokenization.COUNT_CHUNK + 400
+        assert str(info.value).startswith(f"texts[{tokenization.COUNT_CHUNK + 400}]: ")
+
+
 def test_every_uncut_kind_really_is_uncut(tokenizer_files: dict[str, Path]) -> None:
     # What keeps the test above from skipping everything: XLM-R's and BERT's tokenizers do not cut
     # combining marks, nor WordPiece a long accented word, nor byte-level BPE one long word.
