@@ -74,25 +74,24 @@ peer-venvs: $(PEER_ST)/.installed $(PEER_FASTEMBED)/.installed
 bench: peer-venvs
 clean: clean-peers
 
-$(PEER_ST)/.installed:
-	$(PYTHON) -m venv $(PEER_ST)
-	$(PEER_ST)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
-	$(PEER_ST)/bin/python -m pip --disable-pip-version-check install -q "$(TORCH)"
-	$(PEER_ST)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_ST_PKG)"
+# A peer's venv: $(1) the folder, $(2) what to install first (the CPU torch, so that nothing pulls
+# a CUDA build; empty for a peer without torch), $(3) the peer itself.
+define peer_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
+	$(if $(2),$(1)/bin/python -m pip --disable-pip-version-check install -q "$(2)")
+	$(1)/bin/python -m pip --disable-pip-version-check install -q "$(3)"
 	touch $@
+endef
+
+$(PEER_ST)/.installed:
+	$(call peer_venv,$(PEER_ST),$(TORCH),$(PEER_ST_PKG))
 
 $(PEER_FASTEMBED)/.installed:
-	$(PYTHON) -m venv $(PEER_FASTEMBED)
-	$(PEER_FASTEMBED)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
-	$(PEER_FASTEMBED)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_FE_PKG)"
-	touch $@
+	$(call peer_venv,$(PEER_FASTEMBED),,$(PEER_FE_PKG))
 
 $(PEER_INFINITY)/.installed:
-	$(PYTHON) -m venv $(PEER_INFINITY)
-	$(PEER_INFINITY)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
-	$(PEER_INFINITY)/bin/python -m pip --disable-pip-version-check install -q "$(TORCH)"
-	$(PEER_INFINITY)/bin/python -m pip --disable-pip-version-check install -q "$(PEER_INF_PKG)"
-	touch $@
+	$(call peer_venv,$(PEER_INFINITY),$(TORCH),$(PEER_INF_PKG))
 
 clean-peers:
 	rm -rf $(PEER_ST) $(PEER_FASTEMBED) $(PEER_INFINITY)

@@ -244,7 +244,7 @@ class TableEmbedder:
             if self.text_column not in table.column_names:
                 continue
             texts = self._texts(table)
-            if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            if not _holds_strings(texts.type):
                 continue
             for text in pc.unique(texts.drop_null()).to_pylist():
                 if len(new) < room and text not in new and self._cache.get(text) is None:
@@ -264,7 +264,7 @@ class TableEmbedder:
         if self.text_column not in table.column_names:
             return [f"no column {self.text_column!r}"] * n
         texts = self._texts(table)
-        if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type) or pa.types.is_null(texts.type):
+        if _holds_strings(texts.type) or pa.types.is_null(texts.type):
             wrong_type = None
         else:
             wrong_type = f"text is {texts.type}, not a string"
@@ -347,3 +347,8 @@ class TableEmbedder:
         refused_rows = {int(r): refused_distinct[int(indices[r])]
                         for r in np.flatnonzero(np.isin(indices, list(refused_distinct)))} if refused_distinct else {}
         return vectors[indices], len(distinct), len(missing) - len(refused_distinct), refused_rows
+
+
+def _holds_strings(data_type: pa.DataType) -> bool:
+    """Whether a text column (after `TableEmbedder._texts`) holds strings."""
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)

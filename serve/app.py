@@ -35,7 +35,7 @@ from jobbert_onnx.runtime import TextTooLongError, similarity, unit_rows
 from .batcher import Batcher, Item, QueueFull, QueueTimeout
 from .cache import EmbeddingCache, cache_key
 from .config import ServerConfig
-from .errors import ApiError, bad_request, too_large, unavailable
+from .errors import ApiError, bad_request, text_too_long, too_large, unavailable
 from .metrics import Metrics
 from .schemas import ModelInfo, parse_embed, parse_openai, parse_similarity, parse_tokenize
 
@@ -168,7 +168,7 @@ class ServerState:
             try:
                 counts = self.embedder.token_counts([pairs[i][0] for i in firsts], prompt_name=prompt_name)
             except TextTooLongError as exc:
-                raise too_large(f"input {firsts[exc.index]}: {exc.detail}", code="text_too_long") from None
+                raise text_too_long(firsts[exc.index], exc.detail) from None
             timings.tokenization_s = time.perf_counter() - started
             items = [
                 Item(key, pairs[i][0], pairs[i][1], prompt_name, int(n)) for key, i, n in zip(misses, firsts, counts)
@@ -312,7 +312,7 @@ async def tokenize_route(request: Request, state: ServerState) -> Response:
     try:
         ids = state.embedder.tokenize(texts)
     except TextTooLongError as exc:
-        raise too_large(f"input {exc.index}: {exc.detail}", code="text_too_long") from None
+        raise text_too_long(exc.index, exc.detail) from None
     return _json([{"ids": list(map(int, row)), "count": len(row)} for row in ids])
 
 

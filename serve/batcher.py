@@ -110,8 +110,8 @@ class Batcher:
             `submit` also raises `QueueFull` while the queue's estimated wait (queued jobs / texts
             per second of recent full batches) is past half of it, so that overload is answered at
             once with a 429 rather than after a long wait with a timeout.
-        store: called on the event loop with (key, vector, tokens) for each computed job (the cache).
         max_seq_length: the model's; the warm-up runs the largest batch the limits allow with it.
+        store: called on the event loop with (key, vector, tokens) for each computed job (the cache).
     """
 
     def __init__(
@@ -123,8 +123,8 @@ class Batcher:
         batch_wait_s: float,
         max_queued: int,
         queue_timeout_s: float,
+        max_seq_length: int,
         store: Callable[[bytes, np.ndarray, int], None] | None = None,
-        max_seq_length: int = 1,
     ) -> None:
         self._embedder = embedder
         self._metrics = metrics
@@ -277,7 +277,7 @@ class Batcher:
         the first request pays no set-up cost, and onnxruntime's arena and the allocator reach their
         peak before the server is ready, so that a burst later does not raise the process's memory
         for good. Also a first, low, throughput estimate (texts/s at full length)."""
-        rows = max(1, min(self.max_items, self.max_tokens // max(self.max_seq_length, 1)))
+        rows = max(1, min(self.max_items, self.max_tokens // self.max_seq_length))
         text = " ".join(["warm-up"] * self.max_seq_length)  # at least max_seq_length tokens
         start = time.perf_counter()
         pooled = self._embedder.encode_pooled([text] * rows, batch_size=rows)

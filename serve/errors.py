@@ -55,5 +55,10 @@ def too_large(message: str, param: str | None = None, code: str = "too_large") -
     return ApiError(413, message, code, param)
 
 
+def text_too_long(index: int, detail: str) -> ApiError:
+    """413 for a text the runtime refuses to tokenize (`TextTooLongError`), by its place in the request."""
+    return too_large(f"input {index}: {detail}", code="text_too_long")
+
+
 def unavailable(message: str, code: str, retry_after_s: int = 1) -> ApiError:
     return ApiError(503, message, code, None, {"Retry-After": str(retry_after_s)})
