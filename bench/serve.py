@@ -468,15 +468,11 @@ def _metric(text: str, name: str, labels: dict[str, str] | None = None) -> float
 
 # -- the run -------------------------------------------------------------------------------------------
 def run_bench(args: argparse.Namespace) -> dict:
-    from bench.workload import load_tasks, unique_titles
-
-    titles = unique_titles(load_tasks(args.data))
+    titles, logs = _titles_and_logs(args)
     artifact, checkpoint = _artifact(args, titles)
     scratch = Path(tempfile.mkdtemp(prefix="jobbert-serve-bench-"))
     titles_file = scratch / "titles.json"
     titles_file.write_text(json.dumps(titles), encoding="utf-8")
-    logs = Path(args.cache) / "serve-logs"  # the servers' own logs, for when a run fails
-    logs.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": machine_info(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "artifact": str(artifact), "titles": len(titles), "seconds_per_run": args.seconds,
                     "concurrency": list(args.concurrency), "variants": {}}
@@ -539,14 +535,19 @@ def run_bench(args: argparse.Namespace) -> dict:
     return result
 
 
-def rerun_soak(args: argparse.Namespace, previous: Path) -> dict:
-    """The last full run's results with the soak run again (same artifact, same saturation), dated."""
+def _titles_and_logs(args: argparse.Namespace) -> tuple[list[str], Path]:
+    """The data's distinct job titles, and the folder for the servers' own logs (for when a run fails)."""
     from bench.workload import load_tasks, unique_titles
 
-    result = json.loads(previous.read_text(encoding="utf-8"))
-    titles = unique_titles(load_tasks(args.data))
     logs = Path(args.cache) / "serve-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    return unique_titles(load_tasks(args.data)), logs
+
+
+def rerun_soak(args: argparse.Namespace, previous: Path) -> dict:
+    """The last full run's results with the soak run again (same artifact, same saturation), dated."""
+    result = json.loads(previous.read_text(encoding="utf-8"))
+    titles, logs = _titles_and_logs(args)
     result["soak"] = _soak(Path(result["artifact"]), titles, logs, result["saturation_titles_per_s"], args)
     result["soak"]["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result["soak"]["machine"] = machine_info()
