@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -19,9 +20,9 @@ API_KEY_ENV = "JOBBERT_ONNX_API_KEY"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `serve` to the `jobbert-onnx` subcommands (its defaults come from `serve.config.Limits`)."""
-    from .config import Limits, ServerConfig
+    from .config import Connections, Limits, ServerConfig
 
-    limits, config = Limits(), ServerConfig()
+    limits, config, connections = Limits(), ServerConfig(), Connections()
     serve = subparsers.add_parser(
         "serve",
         help="serve an artifact over HTTP (TEI and OpenAI embedding routes)",
@@ -35,8 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     serve.add_argument("--served-model-name", help="the `model` name clients send (default: the artifact folder's name)")
     key = serve.add_mutually_exclusive_group()
-    key.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, if set)")
-    key.add_argument("--api-key-file", help="read the API key from this file (first line)")
+    key.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, if set; "
+                                       "an empty key refuses to start)")
+    key.add_argument("--api-key-file", help="read the API key from this file (surrounding whitespace stripped)")
 
     group = serve.add_argument_group("limits (all named in GET /info)")
     group.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
@@ -65,6 +67,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     group.add_argument("--shutdown-timeout", type=float, default=config.shutdown_timeout_s, metavar="SECONDS",
                        help=f"then give in-flight requests this long to finish (default {config.shutdown_timeout_s:g})")
 
+    conn = serve.add_argument_group("connections (what a client may hold before its request is read)")
+    conn.add_argument("--max-connections", type=int, default=connections.max_connections,
+                      help="open connections at most; beyond, new ones get 503 and are closed "
+                           "(default: 1024, or the file-descriptor limit minus 64 if lower)")
+    conn.add_argument("--max-header-bytes", type=int, default=connections.max_header_bytes,
+                      help=f"request line and headers together; beyond: 431 (default {connections.max_header_bytes})")
+    conn.add_argument("--header-timeout", type=float, default=connections.header_timeout_s, metavar="SECONDS",
+                      help="close a connection whose request headers are not complete this long after it opened or "
+                           f"the request began (default {connections.header_timeout_s:g})")
+    conn.add_argument("--body-timeout", type=float, default=connections.body_timeout_s, metavar="SECONDS",
+                      help=f"close a connection whose request body is not complete this long after its headers "
+                           f"(default {connections.body_timeout_s:g})")
+    conn.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
+                      help="HTTP parser: httptools (fast) when installed, else h11 (default auto)")
+
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     serve.set_defaults(run=run)
@@ -72,20 +89,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def api_key(args: argparse.Namespace) -> str | None:
-    """The key from --api-key, --api-key-file or $JOBBERT_ONNX_API_KEY, in that order; None: no auth."""
-    if args.api_key:
-        return args.api_key
+    """The key from --api-key, --api-key-file or $JOBBERT_ONNX_API_KEY, in that order; None: no auth.
+
+    Surrounding whitespace (a file's or a variable's trailing newline) is stripped. A source that
+    is given but empty (`--api-key "$UNSET"`, `JOBBERT_ONNX_API_KEY=`) raises instead of serving
+    without authentication, and so does a key with whitespace inside or outside printable ASCII.
+    """
+    from .config import clean_api_key
+
+    if args.api_key is not None:
+        return clean_api_key(args.api_key, "--api-key")
     if args.api_key_file:
         path = Path(args.api_key_file)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise JobbertOnnxError(f"{path}: cannot read the API key file ({exc}).") from exc
-        key = lines[0].strip() if lines else ""
-        if not key:
-            raise JobbertOnnxError(f"{path}: the API key file is empty.")
-        return key
-    return os.environ.get(API_KEY_ENV) or None
+        if not text.strip():
+            raise JobbertOnnxError(f"{path}: the API key file is empty; the server would run without authentication.")
+        return clean_api_key(text, f"--api-key-file {path}")
+    if API_KEY_ENV in os.environ:
+        return clean_api_key(os.environ[API_KEY_ENV], f"${API_KEY_ENV}")
+    return None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -99,7 +124,8 @@ def run(args: argparse.Namespace) -> None:
         ) from exc
     from jobbert_onnx.runtime import Embedder
 
-    from .config import Limits, ServerConfig
+    from .config import Connections, Limits, ServerConfig, check_process_flags
+    from .server import connection_cap
 
     # One computing pool: the tokenizer's own thread pool would compete with onnxruntime's.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -115,18 +141,27 @@ def run(args: argparse.Namespace) -> None:
         cache_mb=args.cache_mb,
         cache_entries=args.cache_entries,
     )
+    connections = Connections(
+        max_connections=args.max_connections,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+    )
     config = ServerConfig(
         limits=limits,
         served_model_name=args.served_model_name or Path(args.artifact).resolve().name,
         api_key=api_key(args),
         drain_seconds=args.drain_seconds,
         shutdown_timeout_s=args.shutdown_timeout,
+        connections=connections,
     )
-    if args.drain_seconds < 0 or args.shutdown_timeout < 0:
-        raise ValueError("--drain-seconds and --shutdown-timeout must not be negative.")
+    # Every setting is checked before the model loads: a typo must not cost a model load first.
+    check_process_flags(args.port, args.threads)
+    config.check()
+    config = replace(config, connections=replace(connections, max_connections=connection_cap(args.max_connections)))
     embedder = Embedder(args.artifact, device=args.device, threads=args.threads)
     app = create_app(embedder, config)  # checks the limits against the model
-    run_server(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log)
+    run_server(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log, http=args.http)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,81 @@
-"""The server's settings: every limit with its default, checked once at start-up."""
+"""The server's settings: every limit with its default and its allowed range, checked once at start-up.
+
+Each numeric setting declares its flag and range beside its default (`_bounded`), so that one
+generic check (`check_bounds`) refuses NaN, infinities and out-of-range values before the model
+loads, with a one-line message naming the flag.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+DAY_S = 86_400.0  # the longest timeout or wait that any setting accepts
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric setting must lie in, and the flag that sets it (named in every error)."""
+
+    flag: str
+    low: float
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False  # `low` itself is refused (a timeout of 0 would refuse everything)
+    optional: bool = False  # None is accepted (it means "choose for me")
+
+    def check(self, value: Any) -> None:
+        """Raise ValueError naming the flag unless `value` is a finite number in range."""
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+            kind = "an integer" if self.integer else "a number"
+            raise ValueError(f"{self.flag} must be {kind}, got {value!r}.")
+        if not math.isfinite(value):
+            raise ValueError(f"{self.flag} must be a finite number, got {value}.")
+        if value < self.low or (self.low_open and value == self.low) or value > self.high:
+            raise ValueError(f"{self.flag} must be {self.describe()}, got {_show(value)}.")
+
+    def describe(self) -> str:
+        if math.isinf(self.high):
+            if self.low_open:
+                return "positive" if self.low == 0 else f"above {_show(self.low)}"
+            return "at least 0 (not negative)" if self.low == 0 else f"at least {_show(self.low)}"
+        if self.low_open:
+            return f"above {_show(self.low)} and at most {_show(self.high)}"
+        return f"between {_show(self.low)} and {_show(self.high)}"
+
+
+def _show(value: float) -> str:
+    """1e+06 reads worse than 1000000 in an error message; 0.5 stays 0.5."""
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
+
+
+def _bounded(default: Any, flag: str, low: float, high: float = math.inf, **rules: bool) -> Any:
+    """A dataclass field with its default and its `Bound` (read back by `check_bounds`)."""
+    return field(default=default, metadata={"bound": Bound(flag, low, high, **rules)})
+
+
+def check_bounds(settings: Any) -> None:
+    """Check every field of the dataclass `settings` that declares a `Bound`."""
+    for item in fields(settings):
+        bound = item.metadata.get("bound")
+        if bound is not None:
+            bound.check(getattr(settings, item.name))
+
+
+# Flags that live outside these dataclasses, checked by `check_process_flags`.
+PORT = Bound("--port", 0, 65_535, integer=True)  # 0: any free port
+THREADS = Bound("--threads", 1, 1024, integer=True, optional=True)  # None: one per physical core
+
+
+def check_process_flags(port: int, threads: int | None) -> None:
+    """The listening port and onnxruntime's thread count."""
+    PORT.check(port)
+    THREADS.check(threads)
 
 
 @dataclass(frozen=True)
@@ -17,37 +89,45 @@ class Limits:
     503 after a long wait. On a GPU, raise the batch and queue limits.
     """
 
-    max_body_bytes: int = 2_000_000  # request body, checked before the body is read (TEI's default)
-    max_inputs: int = 512  # texts per request (source + target for /similarity)
-    max_chars: int = 50_000  # characters per text
-    max_batch_items: int = 32  # texts per inference batch
-    max_batch_tokens: int = 16_384  # padded tokens per batch: items x longest item
-    batch_wait_ms: float = 0.0  # how long the inference thread waits for a batch to fill
-    max_queue_items: int = 1024  # distinct texts waiting for inference; beyond: 429
-    queue_timeout_s: float = 5.0  # a text waiting longer is dropped unrun and answered 503
-    cache_mb: float = 64.0  # LRU cache of embeddings, by bytes; 0 turns it off
-    cache_entries: int = 100_000  # ... and by entries
+    # request body, checked before the body is read (TEI's default)
+    max_body_bytes: int = _bounded(2_000_000, "--max-body-bytes", 1, integer=True)
+    # texts per request (source + target for /similarity)
+    max_inputs: int = _bounded(512, "--max-inputs", 1, integer=True)
+    max_chars: int = _bounded(50_000, "--max-chars", 1, integer=True)  # characters per text
+    max_batch_items: int = _bounded(32, "--max-batch-items", 1, integer=True)  # texts per inference batch
+    # padded tokens per batch: items x longest item
+    max_batch_tokens: int = _bounded(16_384, "--max-batch-tokens", 1, integer=True)
+    # how long the inference thread waits for a batch to fill (below --queue-timeout: see check_values)
+    batch_wait_ms: float = _bounded(0.0, "--batch-wait-ms", 0, DAY_S * 1000)
+    # distinct texts waiting for inference; beyond: 429
+    max_queue_items: int = _bounded(1024, "--max-queue-items", 1, integer=True)
+    # a text waiting longer is dropped unrun and answered 503
+    queue_timeout_s: float = _bounded(5.0, "--queue-timeout", 0, DAY_S, low_open=True)
+    # LRU cache of embeddings, by bytes; 0 turns it off. At most 1 TiB: a larger number is a typo.
+    cache_mb: float = _bounded(64.0, "--cache-mb", 0, 1024 * 1024)
+    cache_entries: int = _bounded(100_000, "--cache-entries", 0, integer=True)  # ... and by entries
 
-    def check(self, max_seq_length: int) -> None:
-        """Raise ValueError naming the first limit that cannot work with a model of `max_seq_length`."""
-        positive = ("max_body_bytes", "max_inputs", "max_chars", "max_batch_items", "max_batch_tokens", "max_queue_items")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
-        for name in ("batch_wait_ms", "cache_mb", "cache_entries"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}.")
-        if self.queue_timeout_s <= 0:
-            raise ValueError(f"--queue-timeout must be positive, got {self.queue_timeout_s}.")
-        if self.max_batch_tokens < max_seq_length:
+    def check_values(self) -> None:
+        """Raise ValueError naming the first flag whose value cannot work, whatever the model."""
+        check_bounds(self)
+        if self.batch_wait_ms >= self.queue_timeout_s * 1000:
             raise ValueError(
-                f"--max-batch-tokens {self.max_batch_tokens} is below the model's max_seq_length "
-                f"{max_seq_length}: one full-length text would never fit in a batch."
+                f"--batch-wait-ms {_show(self.batch_wait_ms)} is not below --queue-timeout "
+                f"{_show(self.queue_timeout_s)} s: a lone text would wait out its queue timeout for a batch to fill."
             )
         if self.max_queue_items < self.max_inputs:
             raise ValueError(
                 f"--max-queue-items {self.max_queue_items} is below --max-inputs {self.max_inputs}: "
                 "a full request could never be queued."
+            )
+
+    def check(self, max_seq_length: int) -> None:
+        """Raise ValueError naming the first limit that cannot work with a model of `max_seq_length`."""
+        self.check_values()
+        if self.max_batch_tokens < max_seq_length:
+            raise ValueError(
+                f"--max-batch-tokens {self.max_batch_tokens} is below the model's max_seq_length "
+                f"{max_seq_length}: one full-length text would never fit in a batch."
             )
 
     @property
@@ -59,11 +139,64 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Connections:
+    """What one connection may cost before the app sees a request (`serve.protocol` enforces it).
+
+    uvicorn bounds none of this with httptools: a client could send headers without end, hold a
+    connection open without sending anything, or never finish its body, and enough such
+    connections exhaust the process's file descriptors (then every new client is reset).
+    """
+
+    # open connections at most; beyond, a new one is answered 503 and closed at once. None: 1024,
+    # or fewer if the file-descriptor limit says so (`serve.server.connection_cap`).
+    max_connections: int | None = _bounded(None, "--max-connections", 1, integer=True, optional=True)
+    # request line and headers together; beyond: 431 and the connection closes. 64 KiB is 8x the
+    # 8 KiB that most proxies allow; 1 KiB is the least an ordinary client needs.
+    max_header_bytes: int = _bounded(65_536, "--max-header-bytes", 1024, 16 * 1024 * 1024, integer=True)
+    # from a connection's start (or a request's first byte) until its headers are complete
+    header_timeout_s: float = _bounded(10.0, "--header-timeout", 0, DAY_S, low_open=True)
+    # from the end of the headers until the end of the body: 2 MB at 70 KB/s
+    body_timeout_s: float = _bounded(30.0, "--body-timeout", 0, DAY_S, low_open=True)
+
+    def check(self) -> None:
+        check_bounds(self)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How the app behaves, apart from the network address (which only `run_server` needs)."""
 
     limits: Limits = field(default_factory=Limits)
     served_model_name: str = "jobbert"
     api_key: str | None = None  # when set, every route but /health, /ready and /metrics needs it
-    drain_seconds: float = 0.0  # after SIGTERM: /ready answers 503 this long before the socket closes
-    shutdown_timeout_s: float = 30.0  # then in-flight requests get this long to finish
+    # after SIGTERM: /ready answers 503 this long before the socket closes
+    drain_seconds: float = _bounded(0.0, "--drain-seconds", 0, DAY_S)
+    # then in-flight requests get this long to finish
+    shutdown_timeout_s: float = _bounded(30.0, "--shutdown-timeout", 0, DAY_S)
+    connections: Connections = field(default_factory=Connections)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting that cannot work (the model's own checks are in Limits.check)."""
+        check_bounds(self)
+        self.limits.check_values()
+        self.connections.check()
+        if self.api_key is not None:
+            check_api_key(self.api_key, "the api_key setting")
+
+
+def check_api_key(key: str, source: str) -> None:
+    """Refuse a key that would fail open (empty) or that no client could send (it travels in a header)."""
+    if not key:
+        raise ValueError(f"{source}: the API key is empty; the server would run without authentication. "
+                         "Set a key, or remove the setting to run without one.")
+    if any(c.isspace() for c in key):
+        raise ValueError(f"{source}: the API key has whitespace inside; a key must be one word.")
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise ValueError(f"{source}: the API key must be printable ASCII (it is sent in an HTTP header).")
+
+
+def clean_api_key(raw: str, source: str) -> str:
+    """The key with surrounding whitespace (a file's or a variable's trailing newline) stripped, checked."""
+    key = raw.strip()
+    check_api_key(key, source)
+    return key
