@@ -228,12 +228,57 @@ def parse_similarity(body: Any, model: ModelInfo, limits: Limits) -> SimilarityR
 
 
 # -- POST /tokenize --------------------------------------------------------------------------
+_TOKENIZE_FIELDS = {"inputs", "add_special_tokens"}
+
+
 def parse_tokenize(body: Any, limits: Limits) -> list[str]:
     body = _object(body)
-    _refuse_unknown(body, {"inputs", "add_special_tokens"})
+    _refuse_unknown(body, _TOKENIZE_FIELDS)
     if body.get("add_special_tokens") is False:
         raise unprocessable(
             "'add_special_tokens': false is not supported; the ids are what the model receives.",
             "add_special_tokens", "unsupported_value",
         )
     return _texts(body, "inputs", limits)
+
+
+# -- what each parser accepts, described for the OpenAPI document (serve.openapi) ---------------------
+# Declarative only: validation above does not read these. The field sets are the parsers' own.
+@dataclass(frozen=True)
+class RequestShape:
+    """A request body: its name in the OpenAPI document, its fields and which of them are required."""
+
+    name: str
+    summary: str
+    fields: set[str]
+    required: tuple[str, ...]
+
+
+REQUEST_SHAPES: dict[Any, RequestShape] = {
+    parse_embed: RequestShape("EmbedRequest", "TEI's /embed request", _EMBED_FIELDS, ("inputs",)),
+    parse_openai: RequestShape("OpenAIEmbeddingsRequest", "OpenAI's embeddings request", _OPENAI_FIELDS, ("input",)),
+    parse_similarity: RequestShape("SimilarityRequest", "texts against texts", _SIMILARITY_FIELDS, ("source", "target")),
+    parse_tokenize: RequestShape("TokenizeRequest", "texts to tokenize", _TOKENIZE_FIELDS, ("inputs",)),
+}
+
+# field -> (kind, description). serve.openapi turns each kind into JSON Schema for the served model:
+# texts (a string or a non-empty list of strings), head, prompt, dimensions, model, boolean,
+# true (true or absent), right ("right" in any case, or absent), encoding, string.
+FIELD_DOCS: dict[str, tuple[str, str]] = {
+    "inputs": ("texts", "A text or a list of texts."),
+    "input": ("texts", "A text or a list of texts. Token ids are not accepted."),
+    "source": ("texts", "The texts of the rows."),
+    "target": ("texts", "The texts of the columns."),
+    "head": ("head", "The head to embed with (default: the model's default head)."),
+    "source_head": ("head", "The head for `source` (default: the model's default head)."),
+    "target_head": ("head", "The head for `target`; its size must match `source_head`'s."),
+    "normalize": ("boolean", "Unit-length vectors (default true)."),
+    "truncate": ("true", "Texts are always cut to the model's max_seq_length tokens; false is refused."),
+    "truncation_direction": ("right", "Texts are cut on the right; 'left' is refused."),
+    "prompt_name": ("prompt", "A prompt the model defines, prepended to every text."),
+    "dimensions": ("dimensions", "Must be absent or the head's size: the model was not trained to be truncated."),
+    "model": ("model", "The served name, or NAME/HEAD for another head."),
+    "encoding_format": ("encoding", "'float' (default) or 'base64' (little-endian float32)."),
+    "user": ("string", "Accepted and ignored."),
+    "add_special_tokens": ("true", "Special tokens are always added (the ids the model receives); false is refused."),
+}
