@@ -8,19 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from jobbert_onnx.runtime import Embedder, Manifest, UnknownHeadError
 
-from .inputs import resolve_input
+from .inputs import InputFiles, resolve_input
 from .output import OutputFolder
-from .defaults import BAD_ROW_POLICIES, DEFAULT_BATCH_ROWS, DEFAULT_CACHE_MB, ENGINES
+from .defaults import BAD_ROW_POLICIES, DEFAULT_BATCH_ROWS, DEFAULT_CACHE_MB, DEFAULT_MAX_ROW_MB, ENGINES, check_numbers
 from .table import TableEmbedder, artifact_sha256
 
 if TYPE_CHECKING:
     from .ray_engine import RayEmbedBatches
-
-
-
-def _positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be an integer >= 1.")
 
 
 def embed_dataset(
@@ -42,6 +36,7 @@ def embed_dataset(
     on_bad_row: str = "fail",
     input_format: str | None = None,
     cache_mb: float = DEFAULT_CACHE_MB,
+    max_row_mb: float = DEFAULT_MAX_ROW_MB,
     ray_address: str | None = None,
     show_progress: bool = True,
     dedup: bool = True,
@@ -54,7 +49,8 @@ def embed_dataset(
         input: a Parquet, CSV or JSON-lines file, a folder of them, or a glob; a local path or any
             URL pyarrow or fsspec reads (s3://, gs://, hdfs://, ...).
         output: the output folder (local or URL). Started again, a run resumes where it stopped;
-            a finished run returns its summary and writes nothing.
+            a finished run returns its summary and writes nothing. It may lie inside an input
+            folder (it is not read as input); one run at a time writes it (a lock, on local disks).
         text_column, id_column: the columns to read. Without `id_column` the output's `row` column
             holds the input row number (local engine only: Ray needs ids).
         head, normalize, prompt_name, batch_size, device: as in `Embedder` and `Embedder.encode`.
@@ -63,9 +59,11 @@ def embed_dataset(
             (local default: onnxruntime's, one per core; Ray default: 1, matching each actor's num_cpus).
         batch_rows: rows per output file and per batch; also the resume granularity.
         on_bad_row: 'fail' stops at the first bad row with its id and the reason; 'skip' writes
-            bad rows to OUTPUT/_rejects.parquet.
+            bad rows to OUTPUT/_rejects.parquet. A null id, an id that an earlier row has (the
+            first row with it is kept), and a malformed JSON line are bad rows too.
         input_format: 'parquet', 'csv' or 'json' when the file names do not say.
         cache_mb: embeddings of recent texts kept across batches (0: none).
+        max_row_mb: CSV and JSON are read in blocks of this size: the longest row must fit in one.
         ray_address: a running Ray cluster ('auto', 'ray://host:10001'); None starts Ray here
             unless it is already running in this process.
         dedup: embed each distinct text of a batch once (False only to measure what it saves).
@@ -75,10 +73,8 @@ def embed_dataset(
         raise ValueError(f"engine={engine!r}: must be one of {', '.join(ENGINES)}.")
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_row={on_bad_row!r}: must be one of {', '.join(BAD_ROW_POLICIES)}.")
-    for name, value in (("workers", workers), ("batch_rows", batch_rows), ("batch_size", batch_size)):
-        _positive(name, value)
-    if threads is not None:
-        _positive("threads", threads)
+    check_numbers({"workers": workers, "threads": threads, "batch_rows": batch_rows, "batch_size": batch_size,
+                   "cache_mb": cache_mb, "max_row_mb": max_row_mb})
     if engine == "local" and workers != 1:
         raise ValueError("workers applies to the Ray engine; the local engine is one process (set threads).")
     if engine == "ray":
@@ -93,8 +89,10 @@ def embed_dataset(
     head = head if head is not None else manifest.default_head
     if head not in manifest.heads:
         raise UnknownHeadError(f"head {head!r} does not exist; available heads: {', '.join(manifest.heads)}.")
-    inputs = resolve_input(os.fspath(input), input_format)
     out = OutputFolder(os.fspath(output))
+    # The output folder is left out of the input: it may lie in the input folder.
+    inputs = resolve_input(os.fspath(input), input_format, block_bytes=int(max_row_mb * 2**20),
+                           output=(out.filesystem, out.path))
     run_record = {
         "artifact_sha256": artifact_sha256(folder),
         "head": head,
@@ -113,10 +111,20 @@ def embed_dataset(
     finished = out.open(run_record)
     if finished is not None:
         return finished
+    try:
+        return _run(artifact, folder, inputs, out, engine=engine, settings={
+            "text_column": text_column, "id_column": id_column, "head": head, "normalize": bool(normalize),
+            "batch_size": batch_size, "on_bad_row": on_bad_row, "cache_mb": cache_mb, "dedup": dedup,
+            "prompt_name": prompt_name}, workers=workers, threads=threads, batch_rows=batch_rows, device=device,
+            ray_address=ray_address, show_progress=show_progress, ray_udf=ray_udf)
+    finally:
+        out.close()  # the folder's lock
 
-    settings = {"text_column": text_column, "id_column": id_column, "head": head, "normalize": bool(normalize),
-                "batch_size": batch_size, "on_bad_row": on_bad_row, "cache_mb": cache_mb, "dedup": dedup,
-                "prompt_name": prompt_name}
+
+def _run(artifact: str | os.PathLike | Embedder, folder: Path, inputs: InputFiles, out: OutputFolder, *, engine: str,
+         settings: dict[str, Any], workers: int, threads: int | None, batch_rows: int, device: str,
+         ray_address: str | None, show_progress: bool, ray_udf: type[RayEmbedBatches] | None) -> dict[str, Any]:
+    """Run the checked job on its engine, `out` opened (and locked)."""
     if engine == "ray":
         from . import ray_engine
 

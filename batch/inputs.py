@@ -8,6 +8,9 @@ file list to `ray.data.read_*`.
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,17 +25,18 @@ import pyarrow.parquet as pq
 
 from . import filesystems
 from .defaults import INPUT_FORMATS
-from .table import InputError
+from .table import KNOWN_BAD_COLUMN, InputError
 
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json",
             ".json": "json"}
 # pyarrow reads CSV and JSON compressed with these (detected from the suffix).
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# CSV and JSON are read in blocks of this size (a row must fit in one), a fixed number of them
-# ahead of the consumer: about 40 MB at most, whatever the file's size.
+# CSV and JSON are read in blocks of this size by default (`--max-row-mb`: a row must fit in one),
+# a fixed number of them ahead of the consumer: about 40 MB at most, whatever the file's size.
 TEXT_BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 65_536  # rows per Parquet record batch
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class InputFiles:
     filesystem: pafs.FileSystem
     paths: list[str]
     format: str
+    block_bytes: int | None = None  # CSV and JSON read block, the longest row (None: TEXT_BLOCK_BYTES)
+
+    @property
+    def block(self) -> int:
+        return self.block_bytes or TEXT_BLOCK_BYTES
 
     def fingerprint(self) -> list[dict[str, Any]]:
         """Each file's path, size and modification time: what a resumed run must find again."""
@@ -67,52 +76,155 @@ class InputFiles:
                 total += pq.read_metadata(handle).num_rows
         return total
 
-    def columns(self, path: str, text_column: str) -> list[str]:
+    def columns(self, path: str, text_column: str | None) -> list[str]:
         """The column names of one file (its footer, header or first JSON block)."""
-        with self._reader(path, text_column) as (names, _):
+        with self._reader(path, text_column, None) as (names, _):
             return names
 
     @contextmanager
-    def _reader(self, path: str, text_column: str) -> Iterator[tuple[list[str], Callable]]:
-        """(the file's column names, `batches(columns)`: its record batches, read as they are consumed).
+    def _reader(self, path: str, text_column: str | None, id_column: str | None
+                ) -> Iterator[tuple[list[str], Callable[[list[str]], Iterator[pa.Table]]]]:
+        """(the file's column names, `tables(columns)`: its rows, read as they are consumed).
 
         pyarrow's readers keep memory bounded: Parquet without pre-buffering (which reads all the
-        row groups' column chunks at once), CSV and JSON in blocks of `TEXT_BLOCK_BYTES`, a fixed
-        number of them read ahead.
+        row groups' column chunks at once), CSV in blocks of `self.block` bytes, a fixed number of
+        them read ahead; JSON lines are cut into blocks of whole lines here (`_json_tables`).
         """
         try:
             if self.format == "parquet":
                 with self.filesystem.open_input_file(path) as handle:
                     file = pq.ParquetFile(handle, pre_buffer=False)
-                    yield file.schema_arrow.names, lambda columns: file.iter_batches(BATCH_ROWS, columns=columns)
+                    yield file.schema_arrow.names, lambda columns: (
+                        pa.Table.from_batches([b]) for b in file.iter_batches(BATCH_ROWS, columns=columns))
                 return
             with self.filesystem.open_input_stream(path, compression="detect") as stream:
                 if self.format == "csv":  # a CSV field of the text column stays a string: no type guessing
-                    reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES),
-                                            convert_options=pacsv.ConvertOptions(column_types={text_column: pa.string()}))
-                else:
-                    reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=TEXT_BLOCK_BYTES))
-                yield reader.schema.names, lambda columns: (batch.select(columns) for batch in reader)
+                    types = {text_column: pa.string()} if text_column else {}
+                    reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=self.block),
+                                            convert_options=pacsv.ConvertOptions(column_types=types))
+                    yield reader.schema.names, lambda columns: (
+                        pa.Table.from_batches([b]).select(columns) for b in reader)
+                    return
+                wanted = [c for c in (id_column, text_column) if c is not None]
+                tables = _json_tables(stream, path, self.block, wanted)
+                first = next(tables, None)
+                names = [] if first is None else [c for c in first.column_names if c != KNOWN_BAD_COLUMN]
+                yield names, lambda columns: (
+                    t.select([c for c in [*columns, KNOWN_BAD_COLUMN] if c in t.column_names])
+                    for t in itertools.chain([] if first is None else [first], tables))
         except (pa.ArrowInvalid, OSError) as exc:  # e.g. a JSON field holding strings and numbers
+            if "straddl" in str(exc) or "block size" in str(exc):
+                raise InputError(f"{path}: a row is longer than the read block of {_mb(self.block)} MB; raise "
+                                 f"--max-row-mb (max_row_mb) above {_mb(self.block)}.") from None
             raise InputError(f"{path}: cannot read it as {self.format}: {exc}") from None
 
-    def pieces(self, text_column: str, id_column: str | None) -> Iterator[Piece]:
+    def pieces(self, text_column: str | None, id_column: str | None) -> Iterator[Piece]:
         """Stream the id and text columns of every file in record batches, file after file.
 
         A file without the id column raises `InputError`; a file without the text column yields
         its rows without it (each is then a bad row). Ids are cast to the first file's id type.
+        A JSON line that is not a JSON object comes as a row with null columns and its reason in
+        `KNOWN_BAD_COLUMN`. `text_column=None` reads the ids alone.
         """
         id_type: pa.DataType | None = None
         for path in self.paths:
-            with self._reader(path, text_column) as (names, batches):
+            with self._reader(path, text_column, id_column) as (names, tables):
                 if id_column is not None and id_column not in names:
                     raise InputError(f"{path}: no id column {id_column!r} (columns: {', '.join(names)}).")
-                for batch in batches([c for c in (id_column, text_column) if c is not None and c in names]):
-                    table = pa.Table.from_batches([batch])
+                for table in tables([c for c in (id_column, text_column) if c is not None and c in names]):
                     if id_column is not None:
-                        id_type = id_type or table.schema.field(id_column).type
-                        table = _cast_ids(table, id_column, id_type, path)
+                        if id_type is None and not pa.types.is_null(table.schema.field(id_column).type):
+                            id_type = table.schema.field(id_column).type
+                        if id_type is not None:
+                            table = _cast_ids(table, id_column, id_type, path)
                     yield Piece(path, table)
+
+
+def _json_tables(stream, path: str, block: int, wanted: list[str]) -> Iterator[pa.Table]:
+    """The rows of a JSON-lines stream, in tables of about `block` bytes of whole lines.
+
+    Each block goes to pyarrow's JSON parser whole. When pyarrow refuses one, its lines are parsed
+    one by one: a line that is not valid JSON or not an object becomes a row of nulls whose reason,
+    naming the file and line, is in `KNOWN_BAD_COLUMN` (a bad row, rejected or reported by
+    `TableEmbedder`); the others are parsed again. A line longer than `block` bytes is an
+    `InputError` naming the line and `--max-row-mb`.
+    """
+    schema: dict[str, pa.DataType] = {}  # the wanted columns' types, from the first block that has them
+    pending, line, start = b"", 1, True
+    while True:
+        data = stream.read(block)
+        if start:
+            data, start = data.removeprefix(_BOM), False
+        pending += data
+        cut = pending.rfind(b"\n") + 1 if data else len(pending)  # whole lines; at the end, the rest
+        if data and cut == 0:
+            if len(pending) > block:
+                raise _long_line(path, line, block)
+            continue
+        lines, pending = pending[:cut], pending[cut:]
+        if len(lines) > block and max(map(len, lines.split(b"\n"))) > block:
+            long = next(i for i, text in enumerate(lines.split(b"\n")) if len(text) > block)
+            raise _long_line(path, line + long, block)
+        if lines.strip():
+            table = _parse_json_block(lines, path, line, wanted, schema)
+            for name in wanted:
+                if name in table.column_names and name not in schema and not pa.types.is_null(table[name].type):
+                    schema[name] = table[name].type
+            if table.num_rows:
+                yield table
+        line += lines.count(b"\n")
+        if not data:
+            return
+
+
+def _long_line(path: str, line: int, block: int) -> InputError:
+    return InputError(f"{path}:{line}: a line longer than the read block of {_mb(block)} MB; raise --max-row-mb "
+                      f"(max_row_mb) above {_mb(block)}.")
+
+
+def _mb(size: int) -> str:
+    return f"{round(size / 2**20, 3):g}"
+
+
+def _read_json(data: bytes, schema: dict[str, pa.DataType]) -> pa.Table:
+    options = pajson.ParseOptions(explicit_schema=pa.schema(list(schema.items()))) if schema else None
+    return pajson.read_json(pa.BufferReader(data), read_options=pajson.ReadOptions(block_size=len(data) + 1),
+                            parse_options=options)
+
+
+def _parse_json_block(data: bytes, path: str, first_line: int, wanted: list[str],
+                      schema: dict[str, pa.DataType]) -> pa.Table:
+    try:
+        return _read_json(data, schema)
+    except pa.ArrowInvalid as exc:
+        refused = exc
+    reasons: list[str | None] = []  # one per row: each line that is not blank
+    good: list[bytes] = []
+    for number, text in enumerate(data.split(b"\n"), first_line):
+        if not text.strip(b" \t\r"):
+            continue
+        try:
+            record = json.loads(text)
+            reason = None if isinstance(record, dict) else f"{path}:{number}: not a JSON object"
+        except RecursionError:
+            reason = f"{path}:{number}: not valid JSON (nested too deeply)"
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            reason = f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', None) or exc})"
+        reasons.append(reason)
+        if reason is None:
+            good.append(text)
+    if len(good) == len(reasons):  # no malformed line: what pyarrow refused is something else (mixed types)
+        raise refused
+    if good:
+        parsed = _read_json(b"\n".join(good), schema)
+        positions, next_good = [], 0
+        for reason in reasons:
+            positions.append(None if reason is not None else next_good)
+            next_good += reason is None
+        table = parsed.take(pa.array(positions, pa.int64()))
+    else:
+        table = pa.table({name: pa.nulls(len(reasons), schema.get(name, pa.null())) for name in wanted})
+    return table.append_column(KNOWN_BAD_COLUMN, pa.array(reasons, pa.string()))
 
 
 def _cast_ids(table: pa.Table, id_column: str, id_type: pa.DataType, path: str) -> pa.Table:
@@ -160,24 +272,54 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
-def _list_files(filesystem: pafs.FileSystem, folder: str) -> list[str]:
+def _list_files(filesystem: pafs.FileSystem, folder: str, skip: Callable[[str], bool]) -> list[str]:
     infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
     base = folder.rstrip("/") + "/"
-    return [i.path for i in infos if i.type == pafs.FileType.File and not _hidden(i.path[len(base):])]
+    return [i.path for i in infos if i.type == pafs.FileType.File and not _hidden(i.path[len(base):])
+            and not skip(i.path)]
 
 
-def resolve_input(spec: str, input_format: str | None = None) -> InputFiles:
+def within(filesystem: pafs.FileSystem, folder: str) -> Callable[[str], bool]:
+    """`inside(path)`: whether `path` (on `filesystem`) is `folder` or lies in it; links are
+    resolved on a local disk, so that another spelling of the folder is still the folder."""
+    if filesystems.is_local(filesystem):
+        root = os.path.realpath(folder)
+        return lambda path: _under(os.path.realpath(path), root)
+    return lambda path: _under(path, folder)
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder if folder.endswith("/") else folder + "/")
+
+
+def resolve_input(spec: str, input_format: str | None = None, *, block_bytes: int | None = None,
+                  output: tuple[pafs.FileSystem, str] | None = None) -> InputFiles:
     """The files `spec` names: one file, a folder (searched recursively), or a glob, as a local
     path or URL. Their format comes from their suffixes (.parquet, .csv, .jsonl/.json/.ndjson,
-    optionally compressed) or `input_format`; one input holds one format."""
+    optionally compressed) or `input_format`; one input holds one format.
+
+    `output`, the output folder (file system, path), is left out of a folder or glob: it may lie
+    inside the input folder, and its files must not become input on the next run. An output
+    folder that holds the input is refused. `block_bytes`: CSV and JSON read block (the longest row).
+    """
     if input_format is not None and input_format not in INPUT_FORMATS:
         raise ValueError(f"input format {input_format!r}: must be one of {', '.join(INPUT_FORMATS)}.")
     filesystem, path = filesystems.resolve(spec)
     glob = _GLOB_CHARS.search(path)
+    base = (path[: path.rfind("/", 0, glob.start()) + 1] or "/") if glob else path
+    in_output: Callable[[str], bool] = lambda p: False  # noqa: E731
+    if output is not None and type(output[0]) is type(filesystem) and output[0].type_name == filesystem.type_name:
+        in_output = within(*output)
+        if in_output(base):
+            from .output import OutputFolderError
+
+            raise OutputFolderError(f"the output folder {output[1]} holds the input {spec}; write the output "
+                                    f"to a folder outside the input.")
     if glob:
-        folder = path[: path.rfind("/", 0, glob.start()) + 1] or "/"
+        folder = base
         pattern = _glob_regex(path)
-        paths = [p for p in _list_files(filesystem, folder) if pattern.match(p)]
+        paths = [p for p in _list_files(filesystem, folder, in_output) if pattern.match(p)]
         if not paths:
             raise InputError(f"{spec}: no file matches.")
     else:
@@ -185,7 +327,7 @@ def resolve_input(spec: str, input_format: str | None = None) -> InputFiles:
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{spec}: no such file or folder.")
         if info.type == pafs.FileType.Directory:
-            paths = _list_files(filesystem, path)
+            paths = _list_files(filesystem, path, in_output)
             if input_format is None:
                 paths = [p for p in paths if format_of(p) is not None]
             if not paths:
@@ -203,4 +345,4 @@ def resolve_input(spec: str, input_format: str | None = None) -> InputFiles:
             raise InputError(f"{spec}: holds several formats ({', '.join(sorted(set(formats.values())))}); "
                              f"give one format per input, e.g. with a glob.")
         input_format = next(iter(formats.values()))
-    return InputFiles(spec=str(spec), filesystem=filesystem, paths=paths, format=input_format)
+    return InputFiles(spec=str(spec), filesystem=filesystem, paths=paths, format=input_format, block_bytes=block_bytes)

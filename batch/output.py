@@ -7,16 +7,24 @@
     OUTPUT/_summary.json             written last: the run is finished
     OUTPUT/_rejects/, _checkpoint/   work in progress (reject parts; Ray Data's checkpoint), removed
                                      once the summary is written
+    OUTPUT/_lock                     held (flock) by the run writing the folder, naming its pid and
+                                     host; removed once the summary is written
 
 Readers that skip names starting with '_' or '.' (pyarrow, Spark, DuckDB, pandas through
 pyarrow) see only the embeddings. Every file is written whole under a hidden name and renamed,
 so a crash never leaves a half-written file under a real name.
+
+Removing never follows a link: a link planted at one of these names is removed itself (never its
+target), and only files of the names written here are deleted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
 import time
 import uuid
 from typing import Any
@@ -36,8 +44,12 @@ SUMMARY_FILE = "_summary.json"
 REJECTS_FILE = "_rejects.parquet"
 REJECT_PARTS = "_rejects"
 CHECKPOINT_DIR = "_checkpoint"
+LOCK_FILE = "_lock"
 RUN_FORMAT = 1
 _SHARD = re.compile(r"part-(\d{6})\.parquet\Z")
+# The files this package writes into OUTPUT/_rejects/: local shards' parts, Ray batches' parts, and
+# the temporary files of an interrupted write. Nothing else there is deleted.
+_REJECT_PART = re.compile(r"(part-\d{6}|ray-[0-9a-f]{32})\.parquet\Z|\..+\.partial\Z")
 # What must match for a run to add to an existing folder, and what to tell the user if not.
 _SAME_EMBEDDINGS = ("artifact_sha256", "head", "normalize", "prompt_name", "dimension")
 _SAME_RUN = ("engine", "text_column", "id_column", "rows_per_shard", "input_format")
@@ -66,6 +78,7 @@ class OutputFolder:
     def __init__(self, uri: str) -> None:
         self.uri = str(uri)
         self.filesystem, self.path = filesystems.resolve(uri)
+        self._lock_fd: int | None = None
 
     @property
     def location(self) -> str:
@@ -80,7 +93,8 @@ class OutputFolder:
         """Start or continue the run described by `run`; return the summary if it is already finished.
 
         A new or empty folder gets `_run.json`. A folder from another artifact, head, normalize
-        flag, prompt, engine, columns or input is refused, never mixed.
+        flag, prompt, engine, columns or input is refused, never mixed. A run that goes on holds
+        the folder's lock until `close()`; another run into it is refused, naming the first.
         """
         info = self.filesystem.get_file_info(self.path)
         if info.type == pafs.FileType.File:
@@ -88,15 +102,80 @@ class OutputFolder:
         if info.type == pafs.FileType.NotFound:
             self.filesystem.create_dir(self.path, recursive=True)
         previous = self.read_json(RUN_FILE)
-        if previous is None:
-            if self._entries():
-                raise OutputFolderError(f"{self.uri} is not empty and has no {RUN_FILE}: it is not an embed-dataset "
-                                        f"output. Choose a new folder.")
-            self.write_json(RUN_FILE, {"format": RUN_FORMAT, **run})
-            return None
-        self._check_same(previous, run)
-        self._remove_partial_files()
-        return self.read_json(SUMMARY_FILE)
+        if previous is None and [i for i in self._entries() if i.base_name != LOCK_FILE]:
+            raise OutputFolderError(f"{self.uri} is not empty and has no {RUN_FILE}: it is not an embed-dataset "
+                                    f"output. Choose a new folder.")
+        if previous is not None:
+            self._check_same(previous, run)
+            finished = self.read_json(SUMMARY_FILE)
+            if finished is not None:  # nothing to write: no lock, no change
+                return finished
+        self._lock()
+        try:
+            previous = self.read_json(RUN_FILE)  # as it is now that no other run writes here
+            if previous is None:
+                self._claim()
+                self.write_json(RUN_FILE, {"format": RUN_FORMAT, **run})
+                return None
+            self._check_same(previous, run)
+            finished = self.read_json(SUMMARY_FILE)
+            if finished is not None:
+                self.close()
+                return finished
+            self._claim()
+            self._remove_planted_links()
+            self._remove_partial_files()
+        except BaseException:
+            self.close()
+            raise
+        return None
+
+    def close(self) -> None:
+        """Release the folder's lock (a process that dies releases it too)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        """Take OUTPUT/_lock with flock, or refuse: another run is writing this folder.
+
+        flock dies with its process, so a run killed with -9 leaves no stale lock. Local disks
+        only: object stores have no such lock (one run per folder there is the user's part).
+        """
+        if not filesystems.is_local(self.filesystem):
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return
+        path = self.file(LOCK_FILE)
+        try:  # O_NOFOLLOW: a link planted as _lock must not make us create or write a file elsewhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise OutputFolderError(f"{path}: cannot open the output folder's lock file ({exc.strerror or exc}); "
+                                    f"a link there is refused.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "its pid unknown"
+            os.close(fd)
+            raise OutputFolderError(f"{self.uri} is being written by another embed-dataset run ({holder}); wait "
+                                    f"for it to finish, or stop it, then run again.") from None
+        self._lock_fd = fd
+
+    def _claim(self) -> None:
+        """Write who holds the lock into it, for the message of a run that is refused."""
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def _remove_planted_links(self) -> None:
+        """The work folders are made by this package, never as links: a link there (planted, or
+        left by a tool) would send our writes and deletes elsewhere, so remove the link itself."""
+        if filesystems.is_local(self.filesystem):
+            for name in (REJECT_PARTS, CHECKPOINT_DIR):
+                if os.path.islink(self.file(name)):
+                    os.unlink(self.file(name))
 
     def _check_same(self, previous: dict[str, Any], run: dict[str, Any]) -> None:
         for key in _SAME_EMBEDDINGS:
@@ -124,11 +203,20 @@ class OutputFolder:
     def _remove_partial_files(self) -> None:
         """Temporary files of an interrupted write (`.NAME.*.partial`): never committed, safe to drop."""
         for folder in (self.path, self.file(REJECT_PARTS)):
-            selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
-            for info in self.filesystem.get_file_info(selector):
-                if info.type == pafs.FileType.File and info.base_name.startswith(".") and \
-                        info.base_name.endswith(".partial"):
-                    self.filesystem.delete_file(info.path)
+            for path in self._own_files(folder):
+                name = path.rsplit("/", 1)[-1]
+                if name.startswith(".") and name.endswith(".partial"):
+                    self.filesystem.delete_file(path)
+
+    def _own_files(self, folder: str) -> list[str]:
+        """The plain files directly in `folder`; on a local disk, neither `folder` nor a file may be a link."""
+        if filesystems.is_local(self.filesystem):
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                return []
+            with os.scandir(folder) as entries:
+                return [filesystems.join(folder, e.name) for e in entries if e.is_file(follow_symlinks=False)]
+        selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
+        return [i.path for i in self.filesystem.get_file_info(selector) if i.type == pafs.FileType.File]
 
     # -- reading ---------------------------------------------------------------------------
     def read_json(self, name: str) -> dict[str, Any] | None:
@@ -197,12 +285,14 @@ class OutputFolder:
 
     # -- finishing -------------------------------------------------------------------------
     def finish(self, id_column: str, engine: str, run_seconds: float, rows_this_run: int) -> dict[str, Any]:
-        """Gather the rejects into `_rejects.parquet` (one row per id), then write `_summary.json` last.
+        """Gather the rejects into `_rejects.parquet`, then write `_summary.json` last.
 
         `run_seconds` and `rows_this_run` describe this run alone: a resumed run did only part of
-        the work. The other counts cover the whole folder.
+        the work. The other counts cover the whole folder, and rows read = rows written + rows
+        rejected. The local engine's shards record their counts: rejects missing from
+        `_rejects/` fail the run rather than give a summary that lies.
         """
-        rejects = self._merge_rejects(id_column)
+        rejects = self._merge_rejects(id_column, dedup=engine == "ray")
         files = self.data_files()
         footers = [self.footer(p) for p in files]
         written = sum(f.num_rows for f in footers)
@@ -211,6 +301,13 @@ class OutputFolder:
         for value in stats:
             summed += BatchStats(**json.loads(value))
         counted = bool(files) and len(stats) == len(files)  # the local engine counts; Ray's files carry no counts
+        if counted and summed.rejected != rejects:
+            where = self.file(REJECT_PARTS)
+            raise OutputFolderError(
+                f"{self.uri}: {summed.rejected - rejects} rejected rows of the committed shards are missing from "
+                f"{where}/ (the folder was changed by hand); write to a new folder." if summed.rejected > rejects else
+                f"{self.uri}: {where}/ holds {rejects - summed.rejected} rejected rows more than the committed shards "
+                f"(the folder was changed by hand); write to a new folder.")
         summary = {
             "rows_read": written + rejects,
             "rows_written": written,
@@ -225,24 +322,67 @@ class OutputFolder:
             **{k: v for k, v in (self.read_json(RUN_FILE) or {}).items() if k in _SAME_EMBEDDINGS},
         }
         self.write_json(SUMMARY_FILE, summary)
-        for folder in (REJECT_PARTS, CHECKPOINT_DIR):  # work in progress, now in _rejects.parquet and the data
-            if self.filesystem.get_file_info(self.file(folder)).type == pafs.FileType.Directory:
-                self.filesystem.delete_dir(self.file(folder))
+        self._remove_work_folder(REJECT_PARTS)  # now in _rejects.parquet
+        self._remove_work_folder(CHECKPOINT_DIR)  # Ray Data's, now in the data
+        if self._lock_fd is not None:
+            # Safe while we hold it: a run that opened this file before sees the summary once it
+            # gets the lock, and writes nothing. unlink removes a link there, never its target.
+            os.unlink(self.file(LOCK_FILE))
         return summary
 
-    def _merge_rejects(self, id_column: str) -> int:
-        """Join the reject parts into one file, keeping each id once (a Ray batch retried after a
-        crash writes its rejects again), and return how many rejected rows there are."""
-        parts_folder = self.file(REJECT_PARTS)
-        selector = pafs.FileSelector(parts_folder, recursive=False, allow_not_found=True)
-        parts = sorted(i.path for i in self.filesystem.get_file_info(selector)
-                       if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
-        if not parts:
+    def _remove_work_folder(self, name: str) -> None:
+        """Remove OUTPUT/NAME without following links: a link is unlinked itself; in _rejects/ only
+        our own parts go, and the folder with them if nothing else is left."""
+        path = self.file(name)
+        if not filesystems.is_local(self.filesystem):  # object stores have no links
+            if self.filesystem.get_file_info(path).type == pafs.FileType.Directory:
+                self.filesystem.delete_dir(path)
+            return
+        if os.path.islink(path):
+            os.unlink(path)
+        elif not os.path.isdir(path):
+            return
+        elif name == CHECKPOINT_DIR:
+            shutil.rmtree(path)  # Ray Data's own folder; rmtree removes links inside as links
+        else:
+            for file in self._own_files(path):
+                if _REJECT_PART.match(file.rsplit("/", 1)[-1]):
+                    os.unlink(file)
+            try:
+                os.rmdir(path)
+            except OSError:  # something we did not write is left there: leave it, and the folder
+                pass
+
+    def reject_parts(self) -> list[str]:
+        """The reject parts in OUTPUT/_rejects/, sorted (for the local engine: in input order)."""
+        return sorted(p for p in self._own_files(self.file(REJECT_PARTS)) if _REJECT_PART.match(p.rsplit("/", 1)[-1])
+                      and p.endswith(".parquet"))
+
+    def count_rejects(self, id_column: str) -> int:
+        """Distinct ids in the reject parts (the Ray engine's count before and after a run)."""
+        ids = [pq.read_table(self.filesystem.open_input_file(p), columns=[id_column])[id_column]
+               for p in self.reject_parts()]
+        return len(pa.chunked_array(ids).unique()) if ids else 0
+
+    def _merge_rejects(self, id_column: str, dedup: bool) -> int:
+        """Join the reject parts into one file and return how many rejected rows there are.
+
+        The local engine writes each shard's part once (a redone shard rewrites it), so every row
+        stays, null and repeated ids included. Ray (`dedup`) may write a batch's rejects again under
+        another name when it reruns the batch; its ids are unique and non-null (checked before it
+        starts), so each id is kept once.
+        """
+        parts = self.reject_parts()
+        if not parts:  # merged by a run that stopped before writing the summary, or none
+            if self.filesystem.get_file_info(self.file(REJECTS_FILE)).type == pafs.FileType.File:
+                return self.footer(self.file(REJECTS_FILE)).num_rows
             return 0
         tables = [pq.read_table(self.filesystem.open_input_file(p)) for p in parts]
         merged = pa.concat_tables(tables, promote_options="default")
-        seen: set = set()
-        keep = [i for i, key in enumerate(merged[id_column].to_pylist()) if not (key in seen or seen.add(key))]
-        merged = merged.take(keep).select([id_column, REASON_COLUMN])
+        if dedup:
+            seen: set = set()
+            keep = [i for i, key in enumerate(merged[id_column].to_pylist()) if not (key in seen or seen.add(key))]
+            merged = merged.take(keep)
+        merged = merged.select([id_column, REASON_COLUMN])
         self.write_table(REJECTS_FILE, merged)
         return merged.num_rows

@@ -13,6 +13,13 @@ checkpointing (`DataContext.checkpoint_config`, keyed by the id column, kept in
 renamed once the file is complete; a restarted job deletes the files of pending checkpoints and
 skips the ids of committed ones. Ray retries a task whose actor died. Nothing here schedules,
 retries or tracks work itself; `tests/test_batch_ray.py` pins the behaviour this relies on.
+
+That checkpoint needs every id non-null and unique: a repeated id would be written twice, or
+skipped on resume as if done. So before Ray starts, the driver reads the id column of every file
+(`check_ids`, in file order, as the local engine does) and refuses the input at the first null or
+repeated id, or malformed JSON line, with its file and row, whatever `on_bad_row` says: finding
+the first row of an id across workers reading in parallel has no cheap answer, and the local
+engine rejects those rows and goes on.
 """
 
 from __future__ import annotations
@@ -23,14 +30,17 @@ import re
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 
 from jobbert_onnx.runtime import JobbertOnnxError
 
+from .ids import SeenIds
 from .inputs import InputFiles
 from .output import CHECKPOINT_DIR, REJECT_PARTS, OutputFolder, parquet_options
-from .table import EMBEDDING_COLUMN, BadRowError, InputError, TableEmbedder
+from .table import EMBEDDING_COLUMN, KNOWN_BAD_COLUMN, BadRowError, InputError, TableEmbedder
 
 # Logical CPUs a Ray instance started here gets beyond the actors' own: one for the read and
 # write tasks, one for Ray Data's checkpoint filter actor. Without them the pipeline waits forever.
@@ -68,8 +78,10 @@ def _read(inputs: InputFiles, text_column: str):
         return ray.data.read_parquet(inputs.paths, **common)
     if inputs.format == "csv":
         options = pacsv.ConvertOptions(column_types={text_column: pa.string()})
-        return ray.data.read_csv(inputs.paths, convert_options=options, **common)
-    return ray.data.read_json(inputs.paths, **common)  # pyarrow's JSON reader, which reads JSON lines
+        return ray.data.read_csv(inputs.paths, convert_options=options,
+                                 read_options=pacsv.ReadOptions(block_size=inputs.block), **common)
+    # pyarrow's JSON reader, which reads JSON lines
+    return ray.data.read_json(inputs.paths, read_options=pajson.ReadOptions(block_size=inputs.block), **common)
 
 
 def _our_error(exc: BaseException) -> BaseException | None:
@@ -104,6 +116,35 @@ def check_columns(inputs: InputFiles, text_column: str, id_column: str) -> None:
                                  f"it in every file; --engine local rejects such rows with --on-bad-row skip.")
 
 
+def check_ids(inputs: InputFiles, id_column: str) -> None:
+    """Refuse the input at its first null or repeated id, or malformed JSON line (BadRowError with
+    the file and row): Ray Data's checkpoint, keyed by id, needs unique ids. Reads the id column
+    alone, file after file; remembers the ids compactly (`SeenIds`)."""
+    seen = SeenIds()
+    for path, first, table in _numbered(inputs.pieces(None, id_column)):
+        ids = table[id_column]
+        bad = ids.is_null().to_numpy(zero_copy_only=False) | seen.repeats(ids)
+        known = table[KNOWN_BAD_COLUMN].to_pylist() if KNOWN_BAD_COLUMN in table.column_names else None
+        if not bad.any():
+            continue
+        i = int(np.flatnonzero(bad)[0])
+        value = ids[i].as_py()
+        reason = (known[i] if known and known[i] else "id is null" if value is None else
+                  f"id {value!r} is repeated: an earlier row has it")
+        raise BadRowError(
+            f"bad row {id_column}={value!r}, input row {first + i} in {path}: {reason}. The Ray engine needs a "
+            f"unique, non-null id on every row, even with --on-bad-row skip; --engine local keeps the first row "
+            f"of each id and rejects such rows.")
+
+
+def _numbered(pieces) -> Any:
+    """(file, input row of the first row, table) for each piece, rows counted across the files."""
+    row = 0
+    for piece in pieces:
+        yield piece.path, row, piece.table
+        row += piece.table.num_rows
+
+
 def run(settings: dict[str, Any], artifact: str, inputs: InputFiles, out: OutputFolder, *, workers: int,
         threads: int, batch_rows: int, device: str = "cpu", ray_address: str | None = None,
         show_progress: bool = True, udf: type[RayEmbedBatches] = RayEmbedBatches) -> dict[str, Any]:
@@ -117,8 +158,9 @@ def run(settings: dict[str, Any], artifact: str, inputs: InputFiles, out: Output
 
     id_column, text_column = settings["id_column"], settings["text_column"]
     check_columns(inputs, text_column, id_column)
+    check_ids(inputs, id_column)
     started = time.perf_counter()
-    rows_before = sum(out.footer(p).num_rows for p in out.data_files())
+    rows_before = sum(out.footer(p).num_rows for p in out.data_files()) + out.count_rejects(id_column)
     start_ray = not ray.is_initialized()
     if start_ray:  # otherwise the caller's Ray session (and its resources) is used as it is
         # No address: RAY_ADDRESS if set, else a new Ray here ("local"). Plain ray.init() would join
@@ -154,5 +196,6 @@ def run(settings: dict[str, Any], artifact: str, inputs: InputFiles, out: Output
         context.checkpoint_config, context.enable_progress_bars = saved
         if start_ray:
             ray.shutdown()
-    rows_after = sum(out.footer(p).num_rows for p in out.data_files())
-    return out.finish(settings["id_column"], "ray", time.perf_counter() - started, rows_after - rows_before)
+    # this run's rows: those written and those newly rejected (rejects are redone on resume, not counted twice)
+    rows_after = sum(out.footer(p).num_rows for p in out.data_files()) + out.count_rejects(id_column)
+    return out.finish(id_column, "ray", time.perf_counter() - started, rows_after - rows_before)

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 ROW_COLUMN = "row"
 EMBEDDING_COLUMN = "embedding"
 REASON_COLUMN = "reason"
+# A column the readers and the local engine may add to an input table: a row's reason to be bad,
+# known before the table reaches `TableEmbedder` (a malformed JSON line, a repeated id); null for
+# a row to check as usual. No input column is read under this name.
+KNOWN_BAD_COLUMN = "__jobbert_onnx_bad_row__"
 # Keys of the Parquet file metadata (bytes, as Arrow stores them).
 META_PREFIX = "jobbert_onnx."
 META_ARTIFACT = b"jobbert_onnx.artifact_sha256"
@@ -46,8 +50,9 @@ META_STATS = b"jobbert_onnx.stats"
 
 
 class BadRowError(JobbertOnnxError):
-    """A row that cannot be embedded: a null or non-string text, a null id, a missing text column,
-    or a text the runtime refuses (`TextTooLongError`: too long, and no cut is proven safe)."""
+    """A row that cannot be embedded: a null or non-string text, a null or repeated id, a missing
+    text column, a malformed JSON line, or a text the runtime refuses (`TextTooLongError`: too long,
+    and no cut is proven safe)."""
 
 
 class InputError(JobbertOnnxError):
@@ -262,17 +267,22 @@ class TableEmbedder:
         """Why each row cannot be embedded, or None for a good row."""
         n = table.num_rows
         if self.text_column not in table.column_names:
-            return [f"no column {self.text_column!r}"] * n
-        texts = self._texts(table)
-        if _holds_strings(texts.type) or pa.types.is_null(texts.type):
-            wrong_type = None
+            reasons: list[str | None] = [f"no column {self.text_column!r}"] * n
         else:
-            wrong_type = f"text is {texts.type}, not a string"
-        text_null = texts.is_null().to_numpy(zero_copy_only=False)
-        id_null = ids.is_null().to_numpy(zero_copy_only=False)
-        reasons: list[str | None] = [None] * n
-        for i in np.flatnonzero(text_null | id_null | (wrong_type is not None)):
-            reasons[i] = "id is null" if id_null[i] else "text is null" if text_null[i] else wrong_type
+            texts = self._texts(table)
+            if _holds_strings(texts.type) or pa.types.is_null(texts.type):
+                wrong_type = None
+            else:
+                wrong_type = f"text is {texts.type}, not a string"
+            text_null = texts.is_null().to_numpy(zero_copy_only=False)
+            id_null = ids.is_null().to_numpy(zero_copy_only=False)
+            reasons = [None] * n
+            for i in np.flatnonzero(text_null | id_null | (wrong_type is not None)):
+                reasons[i] = "id is null" if id_null[i] else "text is null" if text_null[i] else wrong_type
+        if KNOWN_BAD_COLUMN in table.column_names:  # found before (a malformed line, a repeated id): say that
+            for i, reason in enumerate(table[KNOWN_BAD_COLUMN].to_pylist()):
+                if reason is not None:
+                    reasons[i] = reason
         return reasons
 
     def _texts(self, table: pa.Table) -> pa.Array:

@@ -435,8 +435,8 @@ MEASURE_MEMORY = textwrap.dedent("""
 
     # Smaller reads, so that the smaller input too fills them: Parquet batches and CSV blocks, of
     # which pyarrow reads a fixed number ahead.
-    inputs.BATCH_ROWS, inputs.TEXT_BLOCK_BYTES = 2000, 16 * 1024
-    embed_dataset(sys.argv[1], sys.argv[2], sys.argv[3], id_column="id", batch_rows=2000, cache_mb=1,
+    inputs.BATCH_ROWS = 2000
+    embed_dataset(sys.argv[1], sys.argv[2], sys.argv[3], id_column="id", batch_rows=2000, cache_mb=1, max_row_mb=1 / 64,
                   show_progress=False)
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would start at pytest's size
     peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
