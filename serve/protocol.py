@@ -145,8 +145,12 @@ class _Guard:
     def _headers_too_large(self) -> None:
         self._disarm()
         self.warnings.note("headers", f"refused a request whose headers passed {self.limits.max_header_bytes} bytes")
-        _reply(self.transport, 431, f"the request line and headers passed {self.limits.max_header_bytes} bytes, "  # type: ignore[attr-defined]
-                                    "the limit (--max-header-bytes).", "Validation")
+        transport = self.transport  # type: ignore[attr-defined]
+        if self._responding():  # a pipelined request: a 431 now would land inside the response being sent
+            transport.close()
+            return
+        _reply(transport, 431, f"the request line and headers passed {self.limits.max_header_bytes} bytes, "
+                               "the limit (--max-header-bytes).", "Validation")
 
     def _header_timeout(self) -> None:
         self._timer = None

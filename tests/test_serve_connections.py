@@ -339,3 +339,15 @@ def test_half_open_connections_past_the_cap_and_the_fd_limit_do_not_lock_the_ser
     assert recovered_after is not None and recovered_after < header_timeout + 2 * SLACK_S
     assert closed_by_server == len(idle)
     assert embed.status_code == 200
+
+
+def test_the_h11_parser_is_guarded_in_the_real_server(artifact):
+    """`--http h11 --max-header-bytes 2048`: requests are served; 2,049 bytes of headers get 431."""
+    with server_process(["-m", "jobbert_onnx.serve", str(artifact), "--http", "h11", "--max-header-bytes", "2048"]) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        embed = httpx.post(f"{url}/embed", json={"inputs": "nurse"}, timeout=10)
+        with connect(port) as sock:
+            sock.sendall(request_bytes("/embed", headers_size=2049, body=b"{}"))
+            response, closed = read_until_closed(sock, 10)
+    assert embed.status_code == 200 and len(embed.json()) == 1
+    assert status_of(response) == 431 and closed
