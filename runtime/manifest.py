@@ -291,6 +291,45 @@ class Manifest:
                 raise ArtifactError(f"{path}: sha256 does not match the manifest; the file is damaged or was changed.")
 
 
+    def verify_graphs(self, folder: str | Path) -> None:
+        """Check that each graph entry names an ONNX graph of its kind: one that onnxruntime loads,
+        with the inputs the runtime feeds it and the output it reads (and a head's width).
+
+        Checksums cannot tell: a manifest may point a head at `tokenizer.json`, or the pooling entry
+        at a head graph, with every sha256 right. Raises `ArtifactError` naming the file and the
+        entry. Loads onnxruntime (the runtime's own dependency), without graph optimizations.
+        """
+        import onnxruntime as ort  # here, so that reading a manifest needs the standard library only
+
+        folder = Path(folder)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # its warnings are not ours to print; failures raise
+        # (entry, file, the inputs the runtime feeds, the output it reads, the width of that output)
+        graphs = [("encoder.file", self.encoder.file, self.encoder.input_names, "token_embeddings", None),
+                  ("pooling.file", self.pooling.file, ["token_embeddings", "attention_mask"], "sentence_embedding",
+                   None),
+                  *((f"heads.{name}.file", head.file, ["sentence_embedding"], "embedding", head.dimension)
+                    for name, head in self.heads.items())]
+        for role, rel, inputs, output, width in graphs:
+            path = folder / rel
+            try:
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+                reason = " ".join(str(exc).split())[:300]
+                raise ArtifactError(f"{path}: {role} is not an ONNX graph onnxruntime can load ({reason}).") from None
+            declared = sorted(i.name for i in session.get_inputs())
+            outputs = {o.name: o for o in session.get_outputs()}
+            read = output if output in outputs or len(outputs) != 1 else next(iter(outputs))
+            if declared != sorted(inputs) or read not in outputs:
+                raise ArtifactError(f"{path}: {role} has inputs {declared} and outputs {sorted(outputs)}; the runtime "
+                                    f"feeds it {sorted(inputs)} and reads {output!r}: not the graph of this entry.")
+            shape = outputs[read].shape
+            if width is not None and shape and isinstance(shape[-1], int) and shape[-1] != width:
+                raise ArtifactError(f"{path}: {role} outputs {shape[-1]} dimensions but the manifest says {width}.")
+
+
 # -- reading helpers ---------------------------------------------------------------------------
 def _show(value: Any) -> str:
     """A short JSON rendering of a refused value, for error messages."""

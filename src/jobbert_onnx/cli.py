@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 from jobbert_onnx.artifact_summary import summary_lines
 from jobbert_onnx.batch.cli import add_parser as add_dataset_parser  # pyarrow loads only when it runs
-from jobbert_onnx.embed_files import embeddings_writer, read_texts
+from jobbert_onnx.embed_files import embeddings_writer, read_texts, refuse_input_as_output
 from jobbert_onnx.export import defaults  # torch-free: the exporter's choices and defaults
 from jobbert_onnx.runtime.errors import JobbertOnnxError
 from jobbert_onnx.serve.cli import add_parser as add_serve_parser  # stdlib only; the server loads when run
@@ -68,6 +68,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
         raise UsageError("give texts as arguments or with --input, not both.")
     if args.column and not args.input:
         raise UsageError("--column applies to an --input file.")
+    if args.input and args.output:
+        refuse_input_as_output(Path(args.output), Path(args.input))
     texts = read_texts(Path(args.input), args.column) if args.input else list(args.texts)
     if not texts:
         raise UsageError(f"no texts in {args.input}." if args.input else
@@ -112,7 +114,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
     manifest = Manifest.load(args.artifact)
     manifest.verify_files(Path(args.artifact))
-    print(f"OK: {len(manifest.files)} files match their sha256 in {Path(args.artifact) / 'manifest.json'}")
+    manifest.verify_graphs(Path(args.artifact))  # the right sha256 does not make tokenizer.json a head
+    print(f"OK: {len(manifest.files)} files match their sha256 in {Path(args.artifact) / 'manifest.json'}; "
+          f"{len(manifest.graph_files())} graphs load with the inputs and outputs the runtime expects")
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -172,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("artifact")
     info.set_defaults(run=cmd_info)
 
-    verify = commands.add_parser("verify", help="check every file of an artifact against its sha256")
+    verify = commands.add_parser("verify", help="check every file of an artifact against its sha256, and that "
+                                                "each graph loads with the inputs and outputs the runtime expects")
     verify.add_argument("artifact")
     verify.set_defaults(run=cmd_verify)
 

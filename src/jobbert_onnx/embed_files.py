@@ -10,6 +10,9 @@ parsing. Only '\\n' ends a line: U+2028, NEL, '\\v' and the other separators tha
   are skipped. Our own JSONL output reads back, whatever its texts hold.
 - .csv: a header row, then records; quoted fields may hold line breaks; blank lines are skipped.
 
+A line is read `MAX_LINE_CHARS` characters at most: a longer one (or a file with no line breaks,
+such as /dev/zero) is an error naming the file and line, not a MemoryError.
+
 Output files go through `runtime.files.atomic_file`: written beside the target and renamed when
 complete, with the mode a plain write gives (0666 less the umask).
 """
@@ -17,12 +20,13 @@ complete, with the mode a plain write gives (0666 less the umask).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence, TextIO
 
 from jobbert_onnx.runtime.errors import JobbertOnnxError
 from jobbert_onnx.runtime.files import atomic_file
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_COLUMN = "text"
+# The longest line read (of a .txt, .jsonl or .csv input): far longer than any text worth embedding
+# (the runtime cuts texts to the model's tokens), short enough that reading one is never a MemoryError.
+MAX_LINE_CHARS = 1 << 24
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}
@@ -63,20 +70,37 @@ def read_texts(path: str | os.PathLike, column: str | None = None) -> list[str]:
         return list(_txt_texts(path))
     except UnicodeDecodeError:
         raise InputFileError(_not_utf8(path)) from None
+    except MemoryError:  # many lines, each under the limit, that do not fit in memory together
+        raise InputFileError(f"{path}: too large to hold its texts in memory; split it, or use embed-dataset, "
+                             f"which streams.") from None
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc}).") from None
+
+
+def _lines(handle: TextIO, path: Path) -> Iterator[str]:
+    """The lines of `handle`, each read `MAX_LINE_CHARS` characters at most; a longer one is an
+    InputFileError naming the file and line."""
+    limit = MAX_LINE_CHARS
+    for number in itertools.count(1):
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(("\n", "\r")):
+            raise InputFileError(f"{path}:{number}: a line longer than {limit:,} characters; is it a text file? "
+                                 f"Split such texts into lines of at most {limit:,} characters.")
+        yield line
 
 
 def _txt_texts(path: Path) -> Iterator[str]:
     # newline="\n": lines end at '\n' only and keep any '\r' (universal newlines would split at '\r').
     with open(path, encoding="utf-8-sig", newline="\n") as handle:
-        for line in handle:
+        for line in _lines(handle, path):
             yield line.removesuffix("\n").removesuffix("\r")
 
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
     with open(path, encoding="utf-8-sig", newline="\n") as handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in enumerate(_lines(handle, path), 1):
             if not line.strip(" \t\r\n"):  # JSON's whitespace only: U+2028 alone is an error, not blank
                 continue
             where = f"{path}:{number}"
@@ -100,7 +124,7 @@ def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
 def _csv_texts(path: Path, field: str) -> Iterator[str]:
     # newline="" hands line ends to the csv module, which keeps them inside quoted fields.
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = csv.DictReader(handle)
+        rows = csv.DictReader(_lines(handle, path))
         try:
             if rows.fieldnames is None:
                 raise InputFileError(f"{path}: empty; a CSV input starts with a header row naming its columns.")
@@ -124,7 +148,8 @@ def _json_type(value: object) -> str:
 def _not_utf8(path: Path) -> str:
     """The error for a file that is not UTF-8, naming the first bad line (decoding runs in chunks)."""
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):  # binary lines end at b"\n", as our text lines do
+        # binary lines end at b"\n", as our text lines do; bounded, as they are
+        for number, line in enumerate(iter(lambda: handle.readline(4 * MAX_LINE_CHARS), b""), 1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -134,6 +159,20 @@ def _not_utf8(path: Path) -> str:
 
 
 # -- writing -------------------------------------------------------------------------------
+def refuse_input_as_output(output: Path, input: Path) -> None:
+    """OutputFileError when `output` is the file `input` under any name (a relative spelling, a
+    symbolic or hard link): writing it would replace the texts with their embeddings."""
+    same = output.resolve() == input.resolve()
+    try:
+        a, b = os.stat(output), os.stat(input)
+        same = same or (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    except OSError:  # no output yet (or no input: reading it says so)
+        pass
+    if same:
+        raise OutputFileError(f"{output}: is the input file {input}; writing the embeddings there would replace "
+                              f"the texts. Choose another --output.")
+
+
 def check_output_name(path: Path) -> str:
     """The output format of `path` ('.npy' or '.jsonl'), or OutputFileError."""
     suffix = path.suffix.lower()
