@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from .errors import ArtifactError, UnknownHeadError
-from .manifest import Manifest
+from .manifest import MANIFEST_NAME, Manifest
+from .prepared import PreparedTexts
 from .providers import ProviderSpec, choose_providers, create_session, cuda_device_id, session_options
 from .tokenization import TextTokenizer
 from .vectors import unit_rows
@@ -89,6 +91,8 @@ class Embedder:
         self._path = Path(path)
         self._manifest = manifest = Manifest.load(self._path)
         manifest.verify_files(self._path)  # the manifest's own fields were checked as it was read
+        # The manifest lists every file's sha256, so its own digest names the whole artifact.
+        self._artifact_id = hashlib.sha256((self._path / MANIFEST_NAME).read_bytes()).hexdigest()
 
         self._tokenizer = TextTokenizer.from_file(self._path / manifest.tokenizer.file, manifest.tokenizer)
         choice = choose_providers(device, providers)
@@ -125,6 +129,11 @@ class Embedder:
         return self._path
 
     @property
+    def artifact_id(self) -> str:
+        """The sha256 of the artifact's manifest, which lists every file's sha256: cache keys use it."""
+        return self._artifact_id
+
+    @property
     def manifest(self) -> Manifest:
         """The artifact's parsed manifest."""
         return self._manifest
@@ -155,22 +164,33 @@ class Embedder:
         return self._manifest.pooling.dimension
 
     # -- tokens --------------------------------------------------------------------------
+    def prepare(self, texts: Sequence[str], prompt_name: str | None = None,
+                prompt: str | None = None) -> PreparedTexts:
+        """Tokenize `texts` once, exactly as `encode` runs them (prompt prepended, cut, truncated,
+        special tokens included). `pool` embeds the result; `token_counts` and `tokenize` read it.
+        Raises `TextTooLongError` (with the text's index) for a text that can neither be cut nor
+        tokenized whole within the limit."""
+        texts = _check_texts(texts)
+        prompt = self._resolve_prompt(prompt_name, prompt)
+        return self._tokenizer.prepare_tokens(texts, prompt, self._prompt_skip(prompt))
+
     def token_counts(self, texts: Sequence[str], prompt_name: str | None = None,
                      prompt: str | None = None) -> np.ndarray:
         """Tokens per text as `encode` runs it (prompt included, after truncation, special tokens
-        included); int64 [len(texts)]. Counted in chunks, on texts cut to what truncation keeps."""
-        return self._tokenizer.token_counts(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
+        included); int64 [len(texts)]."""
+        return self._tokenizer.prepare_tokens(_check_texts(texts), self._resolve_prompt(prompt_name, prompt)).counts
 
     def tokenize(self, texts: Sequence[str], prompt_name: str | None = None,
                  prompt: str | None = None) -> list[list[int]]:
         """Token ids per text as `encode` runs them (prompt included, truncated, special tokens
         included, unpadded)."""
-        return self._tokenizer.tokenize(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
+        prepared = self._tokenizer.prepare_tokens(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
+        return [prepared.row_ids(i).tolist() for i in range(len(prepared))]
 
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
         """The prompt text to prepend, as sentence-transformers resolves it ("" for none): `prompt`
         itself, else the prompt called `prompt_name`, else the model's default prompt."""
-        prompts = getattr(self._manifest, "prompts", None) or {}
+        prompts = self._manifest.prompts
         if prompt is not None:
             if prompt_name is not None:
                 raise ValueError(f"pass prompt_name or prompt, not both (got {prompt_name!r} and {prompt!r}).")
@@ -178,7 +198,7 @@ class Embedder:
                 raise TypeError(f"prompt must be a str, not {type(prompt).__name__}.")
             return prompt
         if prompt_name is None:
-            default = getattr(self._manifest, "default_prompt_name", None)
+            default = self._manifest.default_prompt_name
             return prompts.get(default, "") if default is not None else ""
         if prompt_name not in prompts:
             known = ", ".join(repr(name) for name in prompts) if prompts else "none"
@@ -237,26 +257,21 @@ class Embedder:
         Runs batches exactly as `encode` does; `apply_head` then gives any head's embeddings, so
         texts bound for several heads run the encoder once.
         """
-        texts = _check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1.")
-        prompt = self._resolve_prompt(prompt_name, prompt)
-        skip = self._prompt_skip(prompt)
-        out = np.zeros((len(texts), self.pooled_dimension), dtype=np.float32)
-        if not texts:
-            return out
+        _check_batch_size(batch_size)
+        return self.pool(self.prepare(texts, prompt_name, prompt), batch_size, show_progress)
 
-        # Only the cut texts are kept: their length is bounded by what truncation keeps.
-        # Batches of texts sorted by token count carry almost no padding: on titles mixed with
-        # skill lists, 4% padded tokens against 11% when sorted by characters (as
-        # sentence-transformers does). A stable sort keeps equal-length texts in input order.
-        # One batch needs no order: it skips the counting.
-        prepared, counts = self._tokenizer.prepare_many(texts, prompt, count=len(texts) > batch_size)
-        order = np.argsort(-counts, kind="stable").tolist()
-        with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress) as bar:
+    def pool(self, prepared: PreparedTexts, batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
+        """The encoder and pooling on texts from `prepare`: float32 [len(prepared), pooled_dimension],
+        in their order. Batches of texts sorted by token count carry almost no padding: on titles
+        mixed with skill lists, 4% padded tokens against 11% when sorted by characters (as
+        sentence-transformers does). A stable sort keeps equal-length texts in input order."""
+        _check_batch_size(batch_size)
+        out = np.zeros((len(prepared), self.pooled_dimension), dtype=np.float32)
+        order = np.argsort(-prepared.counts, kind="stable")
+        with tqdm(total=len(prepared), desc="Encoding", unit="text", disable=not show_progress) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                out[rows] = self._pool(self._tokenizer.batch([prepared[i] for i in rows]), skip)
+                out[rows] = self._pool(prepared.select(rows).padded(self._manifest.tokenizer.pad_token_id))
                 bar.update(len(rows))
         return out
 
@@ -280,14 +295,11 @@ class Embedder:
                 out[start : start + _HEAD_ROWS] = graph.run_bound(feed, *self._binding).numpy()
         return unit_rows(out) if normalize else out
 
-    def _pool(self, tokens: dict[str, np.ndarray], skip: int) -> np.ndarray:
-        """Encoder -> pooling for one tokenized batch. The encoder sees every token; pooling leaves out
-        the first `skip` positions (sentence-transformers' `include_prompt=False`)."""
+    def _pool(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
+        """Encoder -> pooling for one padded batch (`PreparedTexts.padded`). The encoder sees every
+        token; pooling uses `pooling_mask`, which leaves out prompt tokens when the model says so."""
         encoder_feed = {n: tokens[n] for n in self._encoder_inputs}
-        pooling_mask = tokens["attention_mask"]
-        if skip:
-            pooling_mask = pooling_mask.copy()
-            pooling_mask[:, :skip] = 0
+        pooling_mask = tokens["pooling_mask"]
         if self._binding is None:
             token_embeddings = self._encoder(encoder_feed)
             return self._pooling({"token_embeddings": token_embeddings, "attention_mask": pooling_mask})
@@ -297,6 +309,11 @@ class Embedder:
         pooled = self._pooling.run_bound(
             {"token_embeddings": token_embeddings, "attention_mask": pooling_mask}, device, device_id)
         return pooled.numpy()
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1.")
 
 
 def _check_texts(texts: Sequence[str] | Iterable[str]) -> list[str]:

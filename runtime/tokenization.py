@@ -11,14 +11,18 @@ from tokenizers import Encoding, Tokenizer
 
 from .errors import ArtifactError, TextTooLongError
 from .manifest import TokenizerEntry
+from .prepared import PreparedTexts, from_rows
 from .prefix_cut import PrefixCutter, build_normalizer, describe, too_long, whole_limit
 
 # Python strings may hold lone surrogates (e.g. from `surrogateescape` decoding), but the Rust
 # tokenizer only accepts valid Unicode and raises on them; U+FFFD is what a lenient UTF-8 decoder
 # would have produced for the same bad bytes.
 _SURROGATES = re.compile("[\ud800-\udfff]")
-# Texts are counted this many at a time, so that counting never holds every encoding at once.
+# Texts are tokenized this many at a time, and at most CHUNK_CHARS characters at a time (a text
+# that no rule can cut is tokenized whole, and its encoding keeps every token past the limit as
+# overflow): the encodings alive at once stay bounded whatever was sent.
 COUNT_CHUNK = 1024
+CHUNK_CHARS = 1 << 17
 
 
 def _has_lowercase(normalizer: dict | None) -> bool:
@@ -116,17 +120,41 @@ class TextTokenizer:
         """`tokenizers` encodings of prepared texts: truncated, special tokens added, unpadded."""
         return self._tokenizer.encode_batch(list(prepared), add_special_tokens=True)
 
+    def prepare_tokens(self, texts: Sequence[str], prompt: str = "", skip: int = 0) -> PreparedTexts:
+        """Every text prepared (`prepare`) and tokenized once: ids after truncation, special tokens
+        included, unpadded, with `skip` leading tokens left out of pooling. Works in chunks of at most
+        `COUNT_CHUNK` texts and `CHUNK_CHARS` characters. Raises `TextTooLongError` naming the first
+        text that is too long to tokenize and cannot be cut, by its index in `texts`."""
+        ids: list[list[int]] = []
+        type_ids: list[list[int]] = []
+        chunk: list[str] = []
+        chars = 0
+
+        def flush() -> None:
+            for encoding in self.encodings(chunk):
+                ids.append(encoding.ids)
+                type_ids.append(encoding.type_ids)
+            chunk.clear()
+
+        for start in range(0, len(texts), COUNT_CHUNK):
+            for text in self.prepare_many(texts[start:start + COUNT_CHUNK], prompt, count=False, first=start)[0]:
+                if chunk and chars + len(text) > CHUNK_CHARS:
+                    flush()
+                    chars = 0
+                chunk.append(text)
+                chars += len(text)
+            flush()
+            chars = 0
+        return from_rows(ids, type_ids, skip)
+
     def token_counts(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
         """Tokens per text after truncation, special tokens included (what a batch row costs)."""
-        counts = np.zeros(len(texts), dtype=np.int64)
-        for start in range(0, len(texts), COUNT_CHUNK):
-            counts[start:start + COUNT_CHUNK] = self.prepare_many(texts[start:start + COUNT_CHUNK], prompt,
-                                                                  first=start)[1]
-        return counts
+        return self.prepare_tokens(texts, prompt).counts
 
     def tokenize(self, texts: Sequence[str], prompt: str = "") -> list[list[int]]:
         """Token ids per text after truncation, special tokens included, unpadded."""
-        return [e.ids for e in self.encodings(self.prepare_many(texts, prompt, count=False)[0])]
+        prepared = self.prepare_tokens(texts, prompt)
+        return [prepared.row_ids(i).tolist() for i in range(len(prepared))]
 
     def batch(self, prepared: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize prepared texts; int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq],
