@@ -2,21 +2,24 @@
 
 `create_app(embedder, config)` builds it around a loaded `jobbert_onnx.runtime.Embedder` (or
 anything with the same public methods, e.g. a slow fake in the tests). Handlers only validate,
-answer cache hits and wait; inference happens on the batcher's single thread.
+answer cache hits and wait; inference happens on the batcher's single thread. Work that grows with
+what a client sent (parsing a large body, tokenizing, normalizing and serializing many vectors)
+runs on one preparation thread, so that the event loop, and `/health` with it, always answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import ctypes
+import ctypes.util
 import hmac
 import itertools
 import json
 import logging
 import os
-import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -31,18 +34,26 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jobbert_onnx.runtime import TextTooLongError, similarity, unit_rows
+from jobbert_onnx.runtime.prepared import PreparedTexts
 
-from .batcher import Batcher, Item, QueueFull, QueueTimeout
-from .cache import EmbeddingCache, cache_key
+from .batcher import Batcher, Item, QueueFull, QueueTimeout, RequestTooLarge, ShuttingDown
+from .cache import EmbeddingCache
 from .config import ServerConfig
 from .errors import ApiError, bad_request, text_too_long, too_large, unavailable
 from .metrics import Metrics
+from .openapi import openapi_document
 from .schemas import ModelInfo, parse_embed, parse_openai, parse_similarity, parse_tokenize
 
 log = logging.getLogger("jobbert_onnx.serve")
 
-# The runtime replaces lone surrogates by U+FFFD before tokenizing; the cache key does the same.
-_SURROGATES = re.compile("[\ud800-\udfff]")
+# Below these sizes a step runs on the event loop: a hop to the preparation thread costs more than
+# the step (tokenizing 4,096 characters, even of a text tokenized whole, takes a few ms at most).
+INLINE_CHARS = 4096  # characters of a request's texts
+INLINE_BYTES = 64 * 1024  # bytes of a JSON body
+INLINE_ROWS = 64  # vectors to normalize and serialize
+# After preparing this many characters, hand freed memory back to the system: the tokenizer's
+# temporary buffers for texts tokenized whole would otherwise stay in the allocator's arenas.
+TRIM_CHARS = 1 << 20
 _CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in the metrics
 # Request ids: a random prefix per process (so that replicas differ) and a counter.
 _REQUEST_PREFIX = os.urandom(4).hex()
@@ -76,6 +87,32 @@ class Timings:
         }
 
 
+@dataclass
+class RequestTexts:
+    """A request's texts, prepared: each distinct text tokenized once (`prepared`), the row of each
+    input in it (`rows`), each distinct text's encoder key and each input's cache key."""
+
+    prepared: PreparedTexts
+    rows: list[int]
+    text_keys: list[bytes]
+    keys: list[bytes]
+
+
+def _release_freed_memory() -> None:
+    """Return the allocator's free memory to the system (glibc only; elsewhere nothing to do)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+if os.name == "posix":
+    try:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        _LIBC = None
+
+
 class ServerState:
     """Everything the handlers share: the model, the batcher, the cache, the metrics and the phase."""
 
@@ -86,13 +123,12 @@ class ServerState:
         self.embedder = embedder
         self.config = config
         self.limits = limits
-        self.strip = manifest.tokenizer.strip
-        self.artifact_sha256 = hashlib.sha256((embedder.path / "manifest.json").read_bytes()).hexdigest()
+        self.artifact_id = embedder.artifact_id
         self.model = ModelInfo(
             name=config.served_model_name,
             heads={head: embedder.dimension(head) for head in embedder.heads},
             default_head=embedder.default_head,
-            prompts=tuple(getattr(manifest, "prompts", None) or ()),
+            prompts=tuple(manifest.prompts),
             max_seq_length=manifest.tokenizer.max_seq_length,
         )
         self.metrics = Metrics()
@@ -108,6 +144,9 @@ class ServerState:
             store=self._store,
             max_seq_length=manifest.tokenizer.max_seq_length,
         )
+        # One thread: large requests are prepared one after another, and never take more than
+        # one core from the model; small ones are prepared on the loop and never wait for it.
+        self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobbert-prepare")
         self.draining = False
         self.metrics.watch(lambda: self.batcher.queued, lambda: (len(self.cache), self.cache.bytes), lambda: self.ready)
 
@@ -121,9 +160,16 @@ class ServerState:
         if self.cache.evictions > evicted:
             self.metrics.cache_evictions.inc(self.cache.evictions - evicted)
 
-    def prepared(self, text: str) -> str:
-        """The text as the runtime hands it to the tokenizer (strip, surrogate repair): the cache key."""
-        return _SURROGATES.sub("\ufffd", text.strip() if self.strip else text)
+    async def off_loop(self, inline: bool, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)`: here when `inline` (small work), else on the preparation thread."""
+        if inline:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.preparer, function, *args)
+
+    def abort(self) -> None:
+        """The shutdown timeout passed: answer every queued request 503 now and compute nothing more."""
+        self.draining = True
+        self.batcher.abort()
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -136,6 +182,23 @@ class ServerState:
             raise unavailable("the model is still warming up; retry shortly.", "not_ready")
 
     # -- the embedding path ------------------------------------------------------------------
+    def prepare(self, texts: list[str], heads: list[str], prompt_name: str | None) -> RequestTexts:
+        """Tokenize each distinct text once and key every input (off the loop for large requests).
+        A text the runtime refuses is a 413 naming its place in the request."""
+        distinct = list(dict.fromkeys(texts))
+        row_of = {text: row for row, text in enumerate(distinct)}
+        try:
+            prepared = self.embedder.prepare(distinct, prompt_name=prompt_name)
+        except TextTooLongError as exc:
+            raise text_too_long(texts.index(distinct[exc.index]), exc.detail) from None
+        finally:
+            if sum(map(len, distinct)) > TRIM_CHARS:
+                _release_freed_memory()
+        rows = [row_of[text] for text in texts]
+        by_head = {head: prepared.keys(self.artifact_id, head) for head in dict.fromkeys(heads)}
+        keys = [by_head[head][row] for head, row in zip(heads, rows)]
+        return RequestTexts(prepared, rows, prepared.keys(self.artifact_id), keys)
+
     async def embed(
         self, request: Request, pairs: list[tuple[str, str]], prompt_name: str | None, timings: Timings
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -144,12 +207,17 @@ class ServerState:
         Cache hits are answered here; the rest are queued and awaited.
         """
         self.check_accepting()
-        keys = [cache_key(self.artifact_sha256, head, prompt_name, self.prepared(text)) for text, head in pairs]
+        texts, heads = [text for text, _ in pairs], [head for _, head in pairs]
+        started = time.perf_counter()
+        inline = sum(map(len, texts)) <= INLINE_CHARS
+        request_texts: RequestTexts = await self.off_loop(inline, self.prepare, texts, heads, prompt_name)
+        timings.tokenization_s = time.perf_counter() - started
+        prepared, rows = request_texts.prepared, request_texts.rows
+        tokens = prepared.counts[rows]
         vectors: list[np.ndarray | None] = [None] * len(pairs)
-        tokens = np.zeros(len(pairs), dtype=np.int64)
         misses: dict[bytes, list[int]] = {}
         hits = 0
-        for i, key in enumerate(keys):
+        for i, key in enumerate(request_texts.keys):
             if key in misses:
                 misses[key].append(i)
                 continue
@@ -157,29 +225,23 @@ class ServerState:
             if entry is None:
                 misses[key] = [i]
             else:
-                vectors[i], tokens[i] = entry.vector, entry.tokens
+                vectors[i] = entry.vector
                 hits += 1
         if self.cache.enabled:
             self.metrics.cache_hits.inc(hits)
             self.metrics.cache_misses.inc(len(misses))
         if misses:
-            firsts = [rows[0] for rows in misses.values()]
-            started = time.perf_counter()
-            try:
-                counts = self.embedder.token_counts([pairs[i][0] for i in firsts], prompt_name=prompt_name)
-            except TextTooLongError as exc:
-                raise text_too_long(firsts[exc.index], exc.detail) from None
-            timings.tokenization_s = time.perf_counter() - started
             items = [
-                Item(key, pairs[i][0], pairs[i][1], prompt_name, int(n)) for key, i, n in zip(misses, firsts, counts)
+                Item(key, request_texts.text_keys[rows[i[0]]], prepared, rows[i[0]], heads[i[0]])
+                for key, i in misses.items()
             ]
             jobs = await self._wait(request, items)
-            for job, rows in zip(jobs, misses.values()):
-                for i in rows:
-                    vectors[i], tokens[i] = job.vector, job.item.tokens
+            for job, indices in zip(jobs, misses.values()):
+                for i in indices:
+                    vectors[i] = job.vector
                 timings.queue_s = max(timings.queue_s, job.queue_s)
                 timings.inference_s = max(timings.inference_s, job.inference_s)
-        timings.characters += sum(len(text) for text, _ in pairs)
+        timings.characters += sum(map(len, texts))
         timings.tokens += int(tokens.sum())
         return np.stack(vectors).astype(np.float32, copy=False), tokens
 
@@ -189,6 +251,11 @@ class ServerState:
         except QueueFull as exc:
             self.metrics.rejections.labels(reason="queue_full").inc()
             raise ApiError(429, f"the server is overloaded: {exc}; retry later.", "queue_full", headers={"Retry-After": "1"})
+        except RequestTooLarge as exc:
+            self.metrics.rejections.labels(reason="request_too_large").inc()
+            raise too_large(f"{exc}.", code="request_too_large") from None
+        except ShuttingDown:
+            raise unavailable("the server is shutting down; retry on another replica.", "draining") from None
         gone = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
             timeout: float | None = self.limits.queue_timeout_s
@@ -200,11 +267,11 @@ class ServerState:
                     dropped = self.batcher.release(ticket, jobs)
                     self.metrics.dropped.labels(reason="client_gone").inc(dropped)
                     raise _ClientGone()
-                if self.batcher.any_queued(jobs):  # still queued past the timeout: give up
-                    dropped = self.batcher.release(ticket, jobs)
+                dropped = self.batcher.expire(ticket, jobs)
+                if dropped is not None:  # none of its texts started within the timeout: give up
                     self.metrics.dropped.labels(reason="queue_timeout").inc(dropped)
                     raise QueueTimeout()
-                timeout = None  # every job is running: its result is moments away
+                timeout = None  # it started: an admitted request runs whole
             error = ticket.future.exception()
             if error is not None:
                 self.batcher.release(ticket, jobs)
@@ -214,6 +281,11 @@ class ServerState:
             raise ApiError(
                 503, f"the texts waited in the queue longer than --queue-timeout {self.limits.queue_timeout_s:g} s.",
                 "queue_timeout", headers={"Retry-After": "1"},
+            ) from None
+        except ShuttingDown:
+            raise unavailable(
+                "the server shut down (--shutdown-timeout passed) before these texts ran; retry on another replica.",
+                "shutting_down",
             ) from None
         finally:
             gone.cancel()
@@ -234,13 +306,24 @@ def _normalized(vectors: np.ndarray) -> np.ndarray:
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type="application/json"
-    )
+    return Response(_dumps(content), status, headers, media_type="application/json")
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The JSON body, refused with 413 as soon as it passes `limit` bytes (before reading it all)."""
+def _dumps(content: Any) -> bytes:
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad_request(f"malformed JSON: {exc}.", code="invalid_json") from None
+
+
+async def _read_json(request: Request, state: ServerState) -> Any:
+    """The JSON body, refused with 413 as soon as it passes the body limit (before reading it all);
+    a large body is parsed off the event loop."""
+    limit = state.limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -255,10 +338,18 @@ async def _read_json(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     if not size:
         raise bad_request("the request has no body; send a JSON object.", code="invalid_json")
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise bad_request(f"malformed JSON: {exc}.", code="invalid_json") from None
+    return await state.off_loop(size <= INLINE_BYTES, _parse_json, b"".join(chunks))
+
+
+async def _vectors_response(state: ServerState, vectors: np.ndarray, normalize: bool,
+                            shape: Callable[[np.ndarray], Any], timings: Timings) -> Response:
+    """Normalize (if asked) and serialize `shape(vectors)`, off the loop for many rows."""
+
+    def body() -> bytes:
+        return _dumps(shape(_normalized(vectors) if normalize else vectors))
+
+    content = await state.off_loop(len(vectors) <= INLINE_ROWS, body)
+    return Response(content, 200, timings.headers(), media_type="application/json")
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -266,54 +357,66 @@ Handler = Callable[[Request, ServerState], Awaitable[Response]]
 
 
 async def embed_tei(request: Request, state: ServerState) -> Response:
-    parsed = parse_embed(await _read_json(request, state.limits.max_body_bytes), state.model, state.limits)
+    parsed = parse_embed(await _read_json(request, state), state.model, state.limits)
     timings = Timings()
     vectors, _ = await state.embed(request, [(t, parsed.head) for t in parsed.texts], parsed.prompt_name, timings)
-    if parsed.normalize:
-        vectors = _normalized(vectors)
-    return _json(vectors, headers=timings.headers())
+    return await _vectors_response(state, vectors, parsed.normalize, lambda rows: rows, timings)
 
 
 async def embed_openai(request: Request, state: ServerState) -> Response:
-    body = await _read_json(request, state.limits.max_body_bytes)
+    body = await _read_json(request, state)
     parsed = parse_openai(body, state.model, state.limits)
     timings = Timings()
     vectors, tokens = await state.embed(request, [(t, parsed.head) for t in parsed.texts], parsed.prompt_name, timings)
-    if parsed.normalize:
-        vectors = _normalized(vectors)
-    if parsed.base64:
-        encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
-    else:
-        encoded = list(vectors)
     total = int(tokens.sum())
-    return _json(
-        {
+    model = body.get("model") or state.model.name
+
+    def shape(rows: np.ndarray) -> dict:
+        if parsed.base64:
+            encoded: list = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
+        else:
+            encoded = list(rows)
+        return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
-            "model": body.get("model") or state.model.name,
+            "model": model,
             "usage": {"prompt_tokens": total, "total_tokens": total},
-        },
-        headers=timings.headers(),
-    )
+        }
+
+    return await _vectors_response(state, vectors, parsed.normalize, shape, timings)
 
 
 async def similarity_route(request: Request, state: ServerState) -> Response:
-    parsed = parse_similarity(await _read_json(request, state.limits.max_body_bytes), state.model, state.limits)
+    parsed = parse_similarity(await _read_json(request, state), state.model, state.limits)
     timings = Timings()
     pairs = [(t, parsed.source_head) for t in parsed.source] + [(t, parsed.target_head) for t in parsed.target]
     vectors, _ = await state.embed(request, pairs, None, timings)
-    matrix = similarity(vectors[: len(parsed.source)], vectors[len(parsed.source) :])
-    return _json(matrix.astype(np.float32), headers=timings.headers())
+
+    def matrix(rows: np.ndarray) -> np.ndarray:
+        return similarity(rows[: len(parsed.source)], rows[len(parsed.source) :]).astype(np.float32)
+
+    return await _vectors_response(state, vectors, False, matrix, timings)
 
 
 async def tokenize_route(request: Request, state: ServerState) -> Response:
-    texts = parse_tokenize(await _read_json(request, state.limits.max_body_bytes), state.limits)
+    texts = parse_tokenize(await _read_json(request, state), state.limits)
     state.check_accepting()
-    try:
-        ids = state.embedder.tokenize(texts)
-    except TextTooLongError as exc:
-        raise text_too_long(exc.index, exc.detail) from None
-    return _json([{"ids": list(map(int, row)), "count": len(row)} for row in ids])
+
+    def tokenize() -> bytes:
+        distinct = list(dict.fromkeys(texts))
+        try:
+            prepared = state.embedder.prepare(distinct)
+        except TextTooLongError as exc:
+            raise text_too_long(texts.index(distinct[exc.index]), exc.detail) from None
+        finally:
+            if sum(map(len, distinct)) > TRIM_CHARS:
+                _release_freed_memory()
+        row_of = {text: row for row, text in enumerate(distinct)}
+        rows = [prepared.row_ids(row_of[text]).tolist() for text in texts]
+        return _dumps([{"ids": ids, "count": len(ids)} for ids in rows])
+
+    content = await state.off_loop(sum(map(len, texts)) <= INLINE_CHARS, tokenize)
+    return Response(content, 200, media_type="application/json")
 
 
 async def info_route(request: Request, state: ServerState) -> Response:
@@ -323,7 +426,7 @@ async def info_route(request: Request, state: ServerState) -> Response:
         {
             "model": model.name,
             "artifact": str(embedder.path),
-            "sha256": state.artifact_sha256,
+            "sha256": state.artifact_id,
             "source": manifest.source,
             "precision": manifest.precision,
             "heads": model.heads,
@@ -367,6 +470,10 @@ async def metrics_route(request: Request, state: ServerState) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi_route(request: Request, state: ServerState) -> Response:
+    return _json(openapi_document(state.model, state.limits))
+
+
 # (path, method, handler, OpenAI error shape, needs the API key)
 ROUTES: list[tuple[str, str, Handler, bool, bool]] = [
     ("/embed", "POST", embed_tei, False, True),
@@ -379,6 +486,13 @@ ROUTES: list[tuple[str, str, Handler, bool, bool]] = [
     ("/health", "GET", health_route, False, False),
     ("/ready", "GET", ready_route, False, False),
     ("/metrics", "GET", metrics_route, False, False),
+    # TEI's router: `POST /` is /embed for an embedding model (huggingface_hub's InferenceClient
+    # posts there), `/invocations` too (SageMaker), and `GET /` and `/ping` are health checks.
+    ("/", "POST", embed_tei, False, True),
+    ("/invocations", "POST", embed_tei, False, True),
+    ("/", "GET", health_route, False, False),
+    ("/ping", "GET", health_route, False, False),
+    ("/api-doc/openapi.json", "GET", openapi_route, False, False),
 ]
 
 
@@ -438,6 +552,7 @@ def create_app(embedder: Any, config: ServerConfig | None = None) -> Starlette:
             state.draining = True
             # Queued jobs finish first; joining is a wait, not computation.
             await asyncio.to_thread(state.batcher.stop)
+            state.preparer.shutdown(wait=False, cancel_futures=True)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         openai = request.url.path.startswith("/v1/")

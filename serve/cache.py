@@ -1,8 +1,11 @@
-"""An LRU cache of raw embeddings, bounded by the memory it keeps and by its number of entries."""
+"""An LRU cache of raw embeddings, bounded by the memory it keeps and by its number of entries.
+
+Keys are 32-byte digests from `PreparedTexts.keys` (artifact, head and tokens), so an entry's size
+does not depend on the text's length: memory is bounded by what is kept, not by what was sent.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -13,20 +16,6 @@ import numpy as np
 # depending on how full the dict's table is; tests/test_serve_cache.py checks that the accounted
 # bytes cover what is really allocated).
 ENTRY_OVERHEAD = 400
-
-
-def cache_key(artifact_sha256: str, head: str, prompt_name: str | None, text: str) -> bytes:
-    """A 32-byte key: the artifact, the head, the prompt and the text as the tokenizer receives it.
-
-    Hashing keeps an entry's size independent of the text's length: memory is bounded by what
-    is kept, not by what was sent.
-    """
-    digest = hashlib.sha256()
-    for part in (artifact_sha256, head, prompt_name or ""):
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\0")
-    digest.update(text.encode("utf-8", "surrogatepass"))
-    return digest.digest()
 
 
 class CachedEmbedding(NamedTuple):

@@ -132,7 +132,9 @@ def _dimensions(body: dict, dimension: int) -> None:
 
 
 # -- TEI: POST /embed ----------------------------------------------------------------------
-_EMBED_FIELDS = {"inputs", "head", "normalize", "truncate", "truncation_direction", "prompt_name", "dimensions"}
+# `encoding_format` because huggingface_hub's `feature_extraction` sends it to TEI's routes.
+_EMBED_FIELDS = {"inputs", "head", "normalize", "truncate", "truncation_direction", "prompt_name", "dimensions",
+                 "encoding_format"}
 
 
 def parse_embed(body: Any, model: ModelInfo, limits: Limits) -> EmbedRequest:
@@ -154,6 +156,13 @@ def parse_embed(body: Any, model: ModelInfo, limits: Limits) -> EmbedRequest:
         raise unprocessable(
             f"'truncation_direction' {direction!r} is not supported; texts are cut on the right.",
             "truncation_direction", "unsupported_truncation_direction",
+        )
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding != "float":
+        raise unprocessable(
+            f"'encoding_format' {encoding!r} is not supported on this route: it answers JSON arrays of floats. "
+            "Leave it out, send 'float', or use /v1/embeddings for 'base64'.",
+            "encoding_format", "invalid_encoding_format",
         )
     _dimensions(body, model.heads[head])
     return EmbedRequest(texts, head, _bool(body, "normalize", True), _prompt(model, body))

@@ -2,7 +2,8 @@
 
 SIGTERM (or the first Ctrl-C): `/ready` answers 503 at once and new work gets 503 `draining`;
 after `drain_seconds` (time for a load balancer to notice) the socket closes, in-flight requests
-get up to `shutdown_timeout_s` to finish, queued texts are run, and the process exits 0.
+get up to `shutdown_timeout_s` to finish; texts still queued then are not run, their requests get
+a JSON 503 (`shutting_down`), and the process exits 0.
 A second signal exits at once. If the model fails its warm-up, the server stops with an error.
 
 Connections go through `serve.protocol`'s guarded parser: a cap on open connections (checked
@@ -12,8 +13,10 @@ and bodies, which uvicorn does not have with httptools.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import threading
 from dataclasses import replace
 from types import FrameType
@@ -28,6 +31,9 @@ from .protocol import guarded_protocol
 log = logging.getLogger("jobbert_onnx.serve")
 
 DEFAULT_MAX_CONNECTIONS = 1024
+# After the shutdown timeout, how long the requests whose texts were failed get to send their 503
+# before uvicorn cancels what is left.
+ABORT_GRACE_S = 2.0
 # File descriptors kept for everything but client connections: the listening socket, the event
 # loop's own, standard streams, logs, and a connection accepted over the cap before it is closed.
 RESERVED_FDS = 64
@@ -71,10 +77,11 @@ def connection_cap(requested: int | None) -> int:
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: Starlette, drain_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette, drain_seconds: float, shutdown_timeout: float) -> None:
         super().__init__(config)
         self._state = app.state.server
         self._drain_seconds = drain_seconds
+        self._shutdown_timeout = shutdown_timeout
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -90,6 +97,17 @@ class _DrainingServer(uvicorn.Server):
             timer.start()
         else:
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn gives in-flight requests `timeout_graceful_shutdown` and then cancels them (a plain
+        # 500 and a traceback) while the inference thread would go on with every queued text. At
+        # the shutdown timeout, queued texts are failed instead: their requests get the JSON 503
+        # within the grace that follows, and no further batch starts.
+        abort = asyncio.get_running_loop().call_later(self._shutdown_timeout, self._state.abort)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            abort.cancel()
 
     async def on_tick(self, counter: int) -> bool:
         if self._state.batcher.failure is not None:  # the model cannot run: let a supervisor restart us
@@ -115,13 +133,13 @@ def run_server(
         port=port,
         log_level=log_level,
         access_log=access_log,
-        timeout_graceful_shutdown=config.shutdown_timeout_s,
+        timeout_graceful_shutdown=config.shutdown_timeout_s + ABORT_GRACE_S,
         lifespan="on",
         http=guarded_protocol(connections, http),
         # h11 has its own cap on an incomplete request head; ours (431) acts first.
         h11_max_incomplete_event_size=2 * connections.max_header_bytes,
     )
-    server = _DrainingServer(uvicorn_config, app, config.drain_seconds)
+    server = _DrainingServer(uvicorn_config, app, config.drain_seconds, config.shutdown_timeout_s)
     server.run()
     failure = app.state.server.batcher.failure
     if failure is not None:

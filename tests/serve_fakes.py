@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeEmbedder:
-    """Delegates to a real `Embedder`; records every `encode_pooled` batch after the warm-up.
+    """Delegates to a real `Embedder`; records every batch that `pool` runs after the warm-up, as the
+    texts that were prepared into it.
 
     delay: seconds each batch sleeps; gate: batches wait for this event (the warm-up too, when
     `gate_warm_up`); fail_on: a text that makes its batch raise.
@@ -46,28 +47,38 @@ class FakeEmbedder:
         self.batches: list[list[str]] = []  # texts of every batch after the warm-up
         self.batch_tokens: list[list[int]] = []
         self.warm_up_tokens: list[int] = []  # token counts of the warm-up batch
+        self.prepared_texts = 0  # texts that went through `prepare`: each must be tokenized once
         self._warm = False
-        self.running = threading.Event()  # set while a batch is inside encode_pooled
+        self._texts: dict[tuple[bytes, int], str] = {}  # (ids, skip) -> the text prepared into them
+        self.running = threading.Event()  # set while a batch is inside pool
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def encode_pooled(self, texts, batch_size=32, prompt_name=None):
+    def prepare(self, texts, prompt_name=None, prompt=None):
+        prepared = self.inner.prepare(texts, prompt_name=prompt_name, prompt=prompt)
+        self.prepared_texts += len(texts)
+        for i, text in enumerate(texts):
+            self._texts[(prepared.row_ids(i).tobytes(), int(prepared.skip[i]))] = text
+        return prepared
+
+    def pool(self, prepared, batch_size=32, show_progress=False):
         warm_up = not self._warm
         self._warm = True
+        texts = [self._texts[(prepared.row_ids(i).tobytes(), int(prepared.skip[i]))] for i in range(len(prepared))]
         if self.gate is not None and (self.gate_warm_up or not warm_up):
             self.running.set()
             assert self.gate.wait(30), "the test never opened the gate"
         if not warm_up:
-            self.batches.append(list(texts))
-            self.batch_tokens.append([int(n) for n in self.inner.token_counts(list(texts))])
+            self.batches.append(texts)
+            self.batch_tokens.append([int(n) for n in prepared.counts])
         else:
-            self.warm_up_tokens = [int(n) for n in self.inner.token_counts(list(texts))]
+            self.warm_up_tokens = [int(n) for n in prepared.counts]
         if self.delay:
             time.sleep(self.delay)
         if self.fail_on is not None and self.fail_on in texts:
             raise RuntimeError(f"boom: {self.fail_on!r} broke the batch")
-        return self.inner.encode_pooled(texts, batch_size=batch_size, prompt_name=prompt_name)
+        return self.inner.pool(prepared, batch_size=batch_size)
 
     @property
     def computed(self) -> list[str]:
@@ -133,9 +144,15 @@ def slow_server_main() -> None:
     parser.add_argument("artifact")
     parser.add_argument("delay", type=float)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--drain-seconds", type=float, default=1.0)
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    parser.add_argument("--queue-timeout", type=float, default=Limits().queue_timeout_s)
+    parser.add_argument("--max-batch-items", type=int, default=Limits().max_batch_items)
     args = parser.parse_args()
     embedder = FakeEmbedder(Embedder(args.artifact), delay=args.delay)
-    app = create_app(embedder, ServerConfig(served_model_name="jobbert", drain_seconds=1.0, shutdown_timeout_s=10))
+    limits = Limits(queue_timeout_s=args.queue_timeout, max_batch_items=args.max_batch_items, cache_mb=0)
+    app = create_app(embedder, ServerConfig(limits=limits, served_model_name="jobbert", drain_seconds=args.drain_seconds,
+                                            shutdown_timeout_s=args.shutdown_timeout))
     run_server(app, "127.0.0.1", args.port, log_level="info")
 
 

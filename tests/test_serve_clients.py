@@ -172,8 +172,6 @@ def test_huggingface_hub_feature_extraction_gets_the_runtimes_vectors(artifact, 
     assert left.value.response.status_code == 422
 
 
-@pytest.mark.xfail(strict=True, reason="/embed refuses 'encoding_format' (422 unknown field), which huggingface_hub "
-                                       "2.4's feature_extraction sends when asked; reported to the lead (app/schemas)")
 def test_huggingface_hub_encoding_format_float(embedder):
     """What `InferenceClient.feature_extraction(text, encoding_format="float")` posts to `POST /`."""
     body = {"inputs": "nurse", "encoding_format": "float"}
