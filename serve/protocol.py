@@ -153,28 +153,22 @@ class _Guard:
                                "the limit (--max-header-bytes).", "Validation")
 
     def _header_timeout(self) -> None:
-        self._timer = None
-        transport = self.transport  # type: ignore[attr-defined]
-        if transport.is_closing():
-            return
-        self.warnings.note("header_timeout", f"closed a connection without complete headers after "
-                                             f"{self.limits.header_timeout_s:g} s (--header-timeout)")
-        if self._header_bytes and not self._responding():
-            _reply(transport, 408, f"the request headers were not complete within {self.limits.header_timeout_s:g} s "
-                                   "(--header-timeout).", "Validation")
-        else:  # nothing was asked: nothing to answer
-            transport.close()
+        # Nothing was asked when no header byte came: nothing to answer, the connection just closes.
+        self._timed_out("header_timeout", "headers were", self.limits.header_timeout_s, "--header-timeout",
+                        answer=bool(self._header_bytes))
 
     def _body_timeout(self) -> None:
+        self._timed_out("body_timeout", "body was", self.limits.body_timeout_s, "--body-timeout", answer=True)
+
+    def _timed_out(self, kind: str, what: str, seconds: float, flag: str, answer: bool) -> None:
+        """Close the connection, with a 408 first when a request began and no response is under way."""
         self._timer = None
         transport = self.transport  # type: ignore[attr-defined]
         if transport.is_closing():
             return
-        self.warnings.note("body_timeout", f"closed a connection whose body was not complete after "
-                                           f"{self.limits.body_timeout_s:g} s (--body-timeout)")
-        if not self._responding():
-            _reply(transport, 408, f"the request body was not complete within {self.limits.body_timeout_s:g} s "
-                                   "(--body-timeout).", "Validation")
+        self.warnings.note(kind, f"closed a connection: the request {what} not complete after {seconds:g} s ({flag})")
+        if answer and not self._responding():
+            _reply(transport, 408, f"the request {what} not complete within {seconds:g} s ({flag}).", "Validation")
         else:
             transport.close()
 

@@ -47,7 +47,6 @@ class FakeEmbedder:
         self.batches: list[list[str]] = []  # texts of every batch after the warm-up
         self.batch_tokens: list[list[int]] = []
         self.warm_up_tokens: list[int] = []  # token counts of the warm-up batch
-        self.prepared_texts = 0  # texts that went through `prepare`: each must be tokenized once
         self._warm = False
         self._texts: dict[tuple[bytes, int], str] = {}  # (ids, skip) -> the text prepared into them
         self.running = threading.Event()  # set while a batch is inside pool
@@ -57,7 +56,6 @@ class FakeEmbedder:
 
     def prepare(self, texts, prompt_name=None, prompt=None):
         prepared = self.inner.prepare(texts, prompt_name=prompt_name, prompt=prompt)
-        self.prepared_texts += len(texts)
         for i, text in enumerate(texts):
             self._texts[(prepared.row_ids(i).tobytes(), int(prepared.skip[i]))] = text
         return prepared
