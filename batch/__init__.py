@@ -10,13 +10,18 @@ Names are imported on first use, so that `jobbert-onnx --help` works without pya
 """
 
 from importlib import import_module
+from typing import Any
 
-_WHERE = {"embed_dataset": ".api", "OutputFolderError": ".output", "BadRowError": ".table",
+_HOMES = {"embed_dataset": ".api", "OutputFolderError": ".output", "BadRowError": ".table",
           "InputError": ".table", "TableEmbedder": ".table", "artifact_sha256": ".table"}
-__all__ = sorted(_WHERE)
+__all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_WHERE[name], __name__), name)
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

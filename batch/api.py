@@ -88,7 +88,7 @@ def embed_dataset(
     manifest = artifact.manifest if isinstance(artifact, Embedder) else Manifest.load(folder)
     head = head if head is not None else manifest.default_head
     if head not in manifest.heads:
-        raise UnknownHeadError(f"head {head!r} does not exist; available heads: {', '.join(manifest.heads)}.")
+        raise UnknownHeadError.naming(head, manifest.heads)
     out = OutputFolder(os.fspath(output))
     # The output folder is left out of the input: it may lie in the input folder.
     inputs = resolve_input(os.fspath(input), input_format, block_bytes=int(max_row_mb * 2**20),
@@ -98,7 +98,7 @@ def embed_dataset(
         "head": head,
         "normalize": bool(normalize),
         # the prompt the Embedder prepends: the one asked for, else the model's default
-        "prompt_name": prompt_name if prompt_name is not None else getattr(manifest, "default_prompt_name", None),
+        "prompt_name": prompt_name if prompt_name is not None else manifest.default_prompt_name,
         "dimension": manifest.heads[head].dimension,
         "engine": engine,
         "text_column": text_column,

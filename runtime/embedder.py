@@ -155,7 +155,7 @@ class Embedder:
     def _resolve_head(self, head: str | None) -> str:
         name = self.default_head if head is None else head
         if name not in self._manifest.heads:
-            raise UnknownHeadError(f"head {name!r} does not exist; available heads: {', '.join(self.heads)}.")
+            raise UnknownHeadError.naming(name, self.heads)
         return name
 
     @property
@@ -207,7 +207,7 @@ class Embedder:
 
     def _prompt_skip(self, prompt: str) -> int:
         """How many leading tokens pooling leaves out: the prompt's, when the model excludes them."""
-        if not prompt or getattr(self._manifest.pooling, "include_prompt", True):
+        if not prompt or self._manifest.pooling.include_prompt:
             return 0
         if "weightedmean" in self._manifest.pooling.modes:
             # sentence-transformers weights positions from the unmasked start; the pooling graph

@@ -5,6 +5,8 @@ Every error carries a message a user can act on; the CLI prints it as one line.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class JobbertOnnxError(Exception):
     """Base class for every error this package raises on purpose."""
@@ -20,6 +22,11 @@ class ProviderError(JobbertOnnxError):
 
 class UnknownHeadError(JobbertOnnxError, KeyError):
     """A head name that the artifact does not have."""
+
+    @classmethod
+    def naming(cls, head: str, heads: Iterable[str]) -> "UnknownHeadError":
+        """The error for `head`, listing the heads there are (the one wording every surface uses)."""
+        return cls(f"head {head!r} does not exist; available heads: {', '.join(heads)}.")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

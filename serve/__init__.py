@@ -7,22 +7,19 @@ Importing this package alone pulls in none of them.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-__all__ = ["Limits", "ServerConfig", "create_app", "run_server"]
+# Imported on first use, so that `jobbert_onnx.serve.cli` imports without the extra.
+_HOMES = {"Limits": ".config", "ServerConfig": ".config", "create_app": ".app", "run_server": ".server"}
+__all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str) -> Any:  # lazy, so that `jobbert_onnx.serve.cli` imports without the extra
-    if name in ("Limits", "ServerConfig"):
-        from . import config
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-        return getattr(config, name)
-    if name == "create_app":
-        from .app import create_app
 
-        return create_app
-    if name == "run_server":
-        from .server import run_server
-
-        return run_server
-    raise AttributeError(f"module 'jobbert_onnx.serve' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return __all__

@@ -165,17 +165,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m jobbert_onnx.serve ARTIFACT ...`: the same as `jobbert-onnx serve`."""
+    """`python -m jobbert_onnx.serve ARTIFACT ...`: the same as `jobbert-onnx serve` (one error printer)."""
+    from jobbert_onnx.cli import main as cli_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    parser = argparse.ArgumentParser(prog="jobbert-onnx")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(a for a in argv if a != "--debug")])
-    try:
-        args.run(args)
-    except (JobbertOnnxError, ValueError, TypeError, OSError) as exc:
-        if debug:
-            raise
-        print(f"jobbert-onnx: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    return 0
+    debug = ["--debug"] if "--debug" in argv else []
+    return cli_main([*debug, "serve", *(a for a in argv if a != "--debug")])

@@ -16,7 +16,7 @@ import pytest
 
 from . import toy_artifact as toy
 from jobbert_onnx import Embedder, similarity
-from jobbert_onnx.runtime import ArtifactError, Manifest, ProviderError, UnknownHeadError, providers
+from jobbert_onnx.runtime import ArtifactError, Manifest, ProviderError, UnknownHeadError, cosine_rows, providers
 from jobbert_onnx.runtime.manifest import sha256_of
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 
@@ -315,7 +315,7 @@ def test_explicit_providers_with_cpu(embedder: Embedder, artifact: Path) -> None
     # Listing CPU accepts a fallback, so this works even without CUDA; it overrides `device`.
     other = Embedder(artifact, device="cuda", providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        assert _cosine(other.encode(TEXTS), embedder.encode(TEXTS)).min() >= 0.99999  # TF32 on the GPU
+        assert cosine_rows(other.encode(TEXTS), embedder.encode(TEXTS)).min() >= 0.99999  # TF32 on the GPU
     else:
         np.testing.assert_allclose(other.encode(TEXTS), embedder.encode(TEXTS), atol=1e-6)
     assert Embedder(artifact, providers=["CPUExecutionProvider"]).encode(["nurse"]).shape == (1, 6)
@@ -375,9 +375,6 @@ def test_cuda_matches_cpu(artifact: Path, embedder: Embedder) -> None:
     cpu = embedder.encode(TEXTS, batch_size=3)
     for binding in (True, False):
         gpu = Embedder(artifact, device="cuda:0", io_binding=binding)
-        assert _cosine(gpu.encode(TEXTS, batch_size=3), cpu).min() >= 0.99999
+        assert cosine_rows(gpu.encode(TEXTS, batch_size=3), cpu).min() >= 0.99999
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
