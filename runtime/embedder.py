@@ -262,9 +262,9 @@ class Embedder:
 
     def pool(self, prepared: PreparedTexts, batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
         """The encoder and pooling on texts from `prepare`: float32 [len(prepared), pooled_dimension],
-        in their order. Batches of texts sorted by token count carry almost no padding: on titles
-        mixed with skill lists, 4% padded tokens against 11% when sorted by characters (as
-        sentence-transformers does). A stable sort keeps equal-length texts in input order."""
+        in their order. Texts run in batches sorted by token count, which carry less padding than
+        sentence-transformers' sort by characters; a stable sort keeps equal-length texts in input
+        order."""
         _check_batch_size(batch_size)
         out = np.zeros((len(prepared), self.pooled_dimension), dtype=np.float32)
         order = np.argsort(-prepared.counts, kind="stable")
