@@ -314,6 +314,8 @@ class OutputFolder:
             "rejected_rows": rejects,
             "unique_texts": summed.unique_texts if counted or not files else None,
             "texts_encoded": summed.encoded if counted or not files else None,
+            "cache_hits": summed.cache_hits if counted or not files else None,
+            "cache_misses": summed.cache_misses if counted or not files else None,
             "files": len(files),
             "engine": engine,
             "seconds": round(run_seconds, 3),

@@ -1,9 +1,10 @@
 """The engine-neutral piece: an Arrow table of texts in, a table of ids and embeddings out.
 
 Both engines (local and Ray) call `TableEmbedder` on each batch of rows; a Spark `mapInPandas`
-wrapper is a few lines on top of it (README, "Embedding datasets"). It checks every row, embeds
-each distinct text of the batch once (and texts seen in recent batches not at all, from a
-bounded cache), and returns
+wrapper is a few lines on top of it (README, "Embedding datasets"). It checks every row, prepares
+(tokenizes) each distinct text of the batch once, embeds each distinct text once (and texts seen in
+recent batches not at all, from the runtime's bounded `EmbeddingCache`, keyed as the server keys
+it: `PreparedTexts.keys(artifact_id, head)`), and returns
 
 - `table`: the id column (or `row`, the input row number, when there is no id column) and
   `embedding` as `fixed_size_list<float32>[dim]`, with the artifact's sha256, the head and the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobbert_onnx.runtime import JobbertOnnxError, TextTooLongError
+from jobbert_onnx.runtime import JobbertOnnxError, TextTooLongError, unit_rows
+from jobbert_onnx.runtime.cache import EmbeddingCache
+from jobbert_onnx.runtime.prepared import PreparedTexts
 
 from .defaults import BAD_ROW_POLICIES, DEFAULT_CACHE_MB
 
@@ -47,6 +50,9 @@ META_NORMALIZE = b"jobbert_onnx.normalize"
 META_DIMENSION = b"jobbert_onnx.dimension"
 META_PROMPT = b"jobbert_onnx.prompt_name"
 META_STATS = b"jobbert_onnx.stats"
+# `TableEmbedder.prefetch` prepares the lookahead's distinct texts this many at a time, and stops
+# once it has found as many new ones as it may embed.
+PREFETCH_CHUNK = 4096
 
 
 class BadRowError(JobbertOnnxError):
@@ -73,6 +79,8 @@ class BatchStats:
     rejected: int = 0  # bad rows (only with on_bad_row="skip")
     unique_texts: int = 0  # distinct texts, counted per batch
     encoded: int = 0  # texts sent to the model: distinct per batch and not in the cache
+    cache_hits: int = 0  # distinct texts of a batch found in the cache (those `prefetch` put there included)
+    cache_misses: int = 0  # ... and not found there (0 and 0 with the cache off)
 
     def __iadd__(self, other: BatchStats) -> BatchStats:
         for key, value in asdict(other).items():
@@ -88,39 +96,6 @@ class EmbeddedBatch:
     table: pa.Table  # id column + embedding, with the metadata above
     rejects: pa.Table  # id column + reason; empty when every row was good
     stats: BatchStats
-
-
-class _LruCache:
-    """Text -> embedding, keeping the `capacity` most recently used texts.
-
-    Vectors live in one matrix, allocated on first use; the dict keeps texts in LRU order and
-    maps each to its row, which an evicted text hands on to the next one.
-    """
-
-    def __init__(self, capacity: int, dimension: int) -> None:
-        self.capacity = capacity
-        self.dimension = dimension
-        self._slots: OrderedDict[str, int] = OrderedDict()
-        self._vectors: np.ndarray | None = None
-
-    def get(self, text: str) -> np.ndarray | None:
-        slot = self._slots.get(text)
-        if slot is None:
-            return None
-        self._slots.move_to_end(text)
-        return self._vectors[slot]
-
-    def put(self, text: str, vector: np.ndarray) -> None:
-        if self.capacity <= 0 or text in self._slots:
-            return
-        if self._vectors is None:
-            self._vectors = np.empty((self.capacity, self.dimension), np.float32)
-        if len(self._slots) < self.capacity:
-            slot = len(self._slots)
-        else:
-            slot = self._slots.popitem(last=False)[1]
-        self._slots[text] = slot
-        self._vectors[slot] = vector
 
 
 class TableEmbedder:
@@ -166,11 +141,11 @@ class TableEmbedder:
         self.on_bad_row = on_bad_row
         self.dedup = dedup
         self.prompt_name = prompt_name
-        # Each cached text costs its vector plus about 200 bytes of Python (the string, a dict entry).
-        capacity = int(cache_mb * 2**20) // (4 * self.dimension + 200) if dedup else 0
-        self._cache = _LruCache(capacity, self.dimension)
+        self.artifact_id = embedder.artifact_id
+        # Raw vectors (before normalize), bounded by bytes only; without dedup, no cache.
+        self._cache = EmbeddingCache(int(cache_mb * 2**20) if dedup else 0, sys.maxsize)
         metadata = {
-            META_ARTIFACT: artifact_sha256(embedder.path).encode(),
+            META_ARTIFACT: self.artifact_id.encode(),
             META_HEAD: self.head.encode(),
             META_NORMALIZE: str(normalize).lower().encode(),
             META_DIMENSION: str(self.dimension).encode(),
@@ -190,6 +165,7 @@ class TableEmbedder:
             self._fail(ids, reasons, int(np.flatnonzero(bad)[0]), first_row, source)
         good_rows = np.flatnonzero(~bad)
         texts = self._texts(table).filter(pa.array(~bad)) if len(good_rows) else pa.array([], pa.string())
+        hits, misses = self._cache.hits, self._cache.misses
         vectors, unique, encoded, refused = self._embed(texts)
         if refused:  # texts the runtime refuses (TextTooLongError): bad rows too, found only now
             for position, reason in refused.items():
@@ -206,7 +182,8 @@ class TableEmbedder:
             EMBEDDING_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dimension),
         }).replace_schema_metadata(self.metadata)
         stats = BatchStats(rows=table.num_rows, written=out.num_rows, rejected=rejects.num_rows,
-                           unique_texts=unique, encoded=encoded)
+                           unique_texts=unique, encoded=encoded, cache_hits=self._cache.hits - hits,
+                           cache_misses=self._cache.misses - misses)
         return EmbeddedBatch(out, rejects, stats)
 
     def _fail(self, ids: pa.Array, reasons: list[str | None], i: int, first_row: int | None,
@@ -239,29 +216,42 @@ class TableEmbedder:
         Calling it on the next few batches before embedding them one by one lets their new texts
         run sorted by length in full batches: embedding each batch's few new texts on its own runs
         them in small, padded batches (`bench/results/batch.md`). Rows that are not plain strings, and
-        texts the runtime refuses, are left to the per-batch call, which reports them.
+        texts the runtime refuses, are left to the per-batch call, which reports them. Lookups here
+        are not counted as cache hits or misses: the per-batch calls count theirs.
         """
-        room = self._cache.capacity // 2
+        room = self._cache.capacity(self.dimension) // 2
         if not self.dedup or room == 0:
             return 0
-        new: dict[str, None] = {}
+        texts: dict[str, None] = {}
         for table in tables:
             if self.text_column not in table.column_names:
                 continue
-            texts = self._texts(table)
-            if not _holds_strings(texts.type):
-                continue
-            for text in pc.unique(texts.drop_null()).to_pylist():
-                if len(new) < room and text not in new and self._cache.get(text) is None:
-                    new[text] = None
+            column = self._texts(table)
+            if _holds_strings(column.type):
+                texts.update(dict.fromkeys(pc.unique(column.drop_null()).to_pylist()))
+        distinct = list(texts)
+        del texts
+        new: dict[bytes, None] = {}  # keys to embed, in order of first appearance
+        parts = []
+        for start in range(0, len(distinct), PREFETCH_CHUNK):  # prepared a chunk at a time, up to `room` new
+            prepared, _, _ = self._prepare_all(distinct[start:start + PREFETCH_CHUNK])
+            rows = []
+            for i, key in enumerate(prepared.keys(self.artifact_id, self.head)):
+                if len(new) < room and key not in new and key not in self._cache:
+                    new[key] = None
+                    rows.append(i)
+            if rows:
+                parts.append(prepared.select(rows))
+            if len(new) >= room:
+                break
         if not new:
             return 0
-        texts = list(new)
-        vectors, refused = self._encode_all(texts)
-        for i, text in enumerate(texts):
-            if i not in refused:
-                self._cache.put(text, vectors[i])
-        return len(texts) - len(refused)
+        prepared = PreparedTexts.concat(parts)
+        vectors = self._run(prepared)
+        counts = prepared.counts
+        for i, key in enumerate(new):
+            self._cache.put(key, vectors[i], counts[i])
+        return len(new)
 
     def _reasons(self, table: pa.Table, ids: pa.Array) -> list[str | None]:
         """Why each row cannot be embedded, or None for a good row."""
@@ -303,60 +293,88 @@ class TableEmbedder:
         return f"{text} in {source}" if source else text
 
     # -- embedding -----------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        prompt = {"prompt_name": self.prompt_name} if self.prompt_name is not None else {}
-        return self.embedder.encode(texts, head=self.head, batch_size=self.batch_size,
-                                    normalize=self.normalize, **prompt)
-
-    def _encode_all(self, texts: list[str]) -> tuple[np.ndarray, dict[int, str]]:
-        """Vectors of `texts`, and {position: reason} of the texts the runtime refuses to embed
-        (`TextTooLongError`; their rows of the vectors are zeros). The runtime names the first such
-        text before it embeds anything, so each refused text costs one more pass of preparation."""
-        refused: dict[int, str] = {}
-        kept = list(range(len(texts)))
-        while True:
+    def _prepare_all(self, texts: list[str]) -> tuple[PreparedTexts, list[int], dict[int, str]]:
+        """`texts` prepared (`Embedder.prepare`), but for those the runtime refuses (`TextTooLongError`):
+        (the prepared texts, the position in `texts` of each, {position: reason} of the refused).
+        The runtime names the first such text before it returns anything, so after each refusal the
+        texts before it are prepared again, and the rest go on from the text after it."""
+        parts, kept, refused = [], [], {}
+        start = 0
+        while start < len(texts):
             try:
-                encoded = self._encode([texts[i] for i in kept])
+                parts.append(self.embedder.prepare(texts[start:], prompt_name=self.prompt_name))
+                kept.extend(range(start, len(texts)))
                 break
             except TextTooLongError as exc:
                 if exc.index is None:
                     raise
-                refused[kept.pop(exc.index)] = exc.detail
-        if not refused:
-            return encoded, refused
-        vectors = np.zeros((len(texts), self.dimension), np.float32)
-        vectors[kept] = encoded
-        return vectors, refused
+                bad = start + exc.index
+                refused[bad] = exc.detail
+                if bad > start:  # the texts before the first refused one are fine
+                    parts.append(self.embedder.prepare(texts[start:bad], prompt_name=self.prompt_name))
+                    kept.extend(range(start, bad))
+                start = bad + 1
+        return PreparedTexts.concat(parts), kept, refused
+
+    def _run(self, prepared: PreparedTexts) -> np.ndarray:
+        """Raw (unnormalized) vectors of `prepared`, from the model: the encoder and pooling in
+        batches sorted by length, then the head, exactly as `Embedder.encode` runs them."""
+        if len(prepared) == 0:
+            return np.zeros((0, self.dimension), np.float32)
+        return self.embedder.apply_head(self.embedder.pool(prepared, self.batch_size), self.head)
+
+    def _cached_or_run(self, prepared: PreparedTexts) -> tuple[np.ndarray, int]:
+        """Raw vectors of `prepared`, each distinct key looked up in the cache once; the misses run
+        together (`_run`) and are cached. Returns (vectors in `prepared`'s order, texts run)."""
+        keys = prepared.keys(self.artifact_id, self.head)
+        first: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        vectors = np.empty((len(prepared), self.dimension), np.float32)
+        missing = []
+        for key, i in first.items():
+            entry = self._cache.get(key)
+            if entry is None:
+                missing.append(i)
+            else:
+                vectors[i] = entry.vector
+        if missing:
+            new = self._run(prepared.select(missing))
+            vectors[missing] = new
+            counts = prepared.counts
+            for i, vector in zip(missing, new):
+                self._cache.put(keys[i], vector, counts[i])
+        if len(first) < len(keys):  # texts equal once prepared (e.g. but for surrounding spaces)
+            vectors = vectors[[first[key] for key in keys]]
+        return vectors, len(missing)
 
     def _embed(self, texts: pa.Array) -> tuple[np.ndarray, int, int, dict[int, str]]:
-        """(vectors in row order, distinct texts, texts embedded, {row: reason} of refused texts)."""
+        """(vectors in row order, distinct texts, texts embedded, {row: reason} of refused texts);
+        refused texts' rows of the vectors are zeros."""
         if len(texts) == 0:
             return np.zeros((0, self.dimension), np.float32), 0, 0, {}
         if not self.dedup:
-            vectors, refused = self._encode_all(texts.to_pylist())
-            return vectors, len(texts), len(texts) - len(refused), refused
+            prepared, kept, refused = self._prepare_all(texts.to_pylist())
+            vectors = np.zeros((len(texts), self.dimension), np.float32)
+            vectors[kept] = self._finish(self._run(prepared))
+            return vectors, len(texts), len(kept), refused
         encoded = pc.dictionary_encode(texts)
         distinct = encoded.dictionary.to_pylist()
-        vectors = np.empty((len(distinct), self.dimension), np.float32)
-        missing = []
-        for j, text in enumerate(distinct):
-            row = self._cache.get(text)
-            if row is None:
-                missing.append(j)
-            else:
-                vectors[j] = row
-        refused_distinct: dict[int, str] = {}
-        if missing:
-            new, refused = self._encode_all([distinct[j] for j in missing])
-            vectors[missing] = new
-            refused_distinct = {missing[k]: reason for k, reason in refused.items()}
-            for j in missing:
-                if j not in refused_distinct:
-                    self._cache.put(distinct[j], vectors[j])
+        prepared, kept, refused_distinct = self._prepare_all(distinct)
+        raw, run = self._cached_or_run(prepared)
+        if refused_distinct:
+            vectors = np.zeros((len(distinct), self.dimension), np.float32)
+            vectors[kept] = self._finish(raw)
+        else:
+            vectors = self._finish(raw)
         indices = encoded.indices.to_numpy()
         refused_rows = {int(r): refused_distinct[int(indices[r])]
                         for r in np.flatnonzero(np.isin(indices, list(refused_distinct)))} if refused_distinct else {}
-        return vectors[indices], len(distinct), len(missing) - len(refused_distinct), refused_rows
+        return vectors[indices], len(distinct), run, refused_rows
+
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
+        """What the cache keeps (raw vectors) as the output wants them: normalized or not."""
+        return unit_rows(raw) if self.normalize else raw
 
 
 def _holds_strings(data_type: pa.DataType) -> bool:

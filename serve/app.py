@@ -34,10 +34,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jobbert_onnx.runtime import TextTooLongError, similarity, unit_rows
+from jobbert_onnx.runtime.cache import EmbeddingCache
 from jobbert_onnx.runtime.prepared import PreparedTexts
 
 from .batcher import Batcher, Item, QueueFull, QueueTimeout, RequestTooLarge, ShuttingDown
-from .cache import EmbeddingCache
 from .config import ServerConfig
 from .errors import ApiError, bad_request, text_too_long, too_large, unavailable
 from .metrics import Metrics
@@ -216,7 +216,7 @@ class ServerState:
         tokens = prepared.counts[rows]
         vectors: list[np.ndarray | None] = [None] * len(pairs)
         misses: dict[bytes, list[int]] = {}
-        hits = 0
+        hits, missed = self.cache.hits, self.cache.misses
         for i, key in enumerate(request_texts.keys):
             if key in misses:
                 misses[key].append(i)
@@ -226,10 +226,8 @@ class ServerState:
                 misses[key] = [i]
             else:
                 vectors[i] = entry.vector
-                hits += 1
-        if self.cache.enabled:
-            self.metrics.cache_hits.inc(hits)
-            self.metrics.cache_misses.inc(len(misses))
+        self.metrics.cache_hits.inc(self.cache.hits - hits)  # the cache counts; off, it counts nothing
+        self.metrics.cache_misses.inc(self.cache.misses - missed)
         if misses:
             items = [
                 Item(key, request_texts.text_keys[rows[i[0]]], prepared, rows[i[0]], heads[i[0]])

@@ -22,6 +22,7 @@ from jobbert_onnx.batch import local
 from jobbert_onnx.batch import BadRowError, InputError, OutputFolderError, TableEmbedder, embed_dataset
 from jobbert_onnx.batch.inputs import _glob_regex, resolve_input
 from jobbert_onnx.runtime import Embedder, TextTooLongError, UnknownHeadError
+from jobbert_onnx.runtime.cache import ENTRY_OVERHEAD, EmbeddingCache
 from tests import toy_artifact
 from tests.test_batch_data import distinct_texts, embeddings, rows, write
 
@@ -76,12 +77,58 @@ def test_table_embedder_metadata_and_rows(embedder: Embedder, artifact: Path) ->
 
 
 def test_lru_cache_stays_bounded(embedder: Embedder) -> None:
-    # room for about 2 vectors of 6 floats: the third text evicts the least recently used one
-    table_embedder = TableEmbedder(embedder, text_column="text", id_column="id", cache_mb=450 / 2**20)
+    # room for 2 entries (key, raw anchor vector of 6 floats, overhead): the third text evicts the
+    # least recently used one
+    entry = 32 + 4 * embedder.dimension("anchor") + ENTRY_OVERHEAD
+    table_embedder = TableEmbedder(embedder, text_column="text", id_column="id", cache_mb=(2 * entry + 100) / 2**20)
     texts = distinct_texts(3)
-    encoded = [table_embedder(pa.table({"id": [i], "text": [t]})).stats.encoded
-               for i, t in enumerate([texts[0], texts[1], texts[0], texts[2], texts[0], texts[1]])]
-    assert encoded == [1, 1, 0, 1, 0, 1]  # texts[1] was evicted by texts[2]; texts[0] stayed (recently used)
+    stats = [table_embedder(pa.table({"id": [i], "text": [t]})).stats
+             for i, t in enumerate([texts[0], texts[1], texts[0], texts[2], texts[0], texts[1]])]
+    assert [s.encoded for s in stats] == [1, 1, 0, 1, 0, 1]  # texts[1] was evicted by texts[2]; texts[0] stayed
+    assert [s.cache_hits for s in stats] == [0, 0, 1, 0, 1, 0]
+    assert [s.cache_misses for s in stats] == [1, 1, 0, 1, 0, 1]
+    cache = table_embedder._cache
+    assert isinstance(cache, EmbeddingCache) and len(cache) == 2 and cache.bytes <= 2 * entry
+    assert cache.evictions == 2
+
+
+def test_table_embedder_shares_the_servers_cache_keys(embedder: Embedder) -> None:
+    """The cache holds raw vectors under `PreparedTexts.keys(artifact_id, head)`, so one normalized
+    and one raw output come from the same entries; texts equal once prepared run once."""
+    texts = distinct_texts(4)
+    table_embedder = TableEmbedder(embedder, text_column="text", id_column="id", head="positive", normalize=True)
+    batch = pa.table({"id": list(range(6)), "text": texts + [f"  {texts[0]} ", texts[1]]})
+    result = table_embedder(batch)
+    assert (result.stats.unique_texts, result.stats.encoded) == (5, 4)  # "  a " is "a" once prepared
+    assert (result.stats.cache_hits, result.stats.cache_misses) == (0, 4)
+    keys = embedder.prepare(texts).keys(embedder.artifact_id, "positive")
+    assert table_embedder._cache.keys() == keys
+    raw = embedder.encode(texts, head="positive")
+    for key, want in zip(keys, raw):
+        np.testing.assert_allclose(table_embedder._cache.get(key).vector, want, rtol=0, atol=ATOL)
+    got = np.asarray(result.table["embedding"].combine_chunks().flatten()).reshape(6, -1)
+    np.testing.assert_allclose(got, embedder.encode(batch["text"].to_pylist(), head="positive", normalize=True),
+                               rtol=0, atol=ATOL)
+    again = table_embedder(pa.table({"id": [9, 10], "text": [texts[2], "a text not seen"]}))
+    assert (again.stats.cache_hits, again.stats.cache_misses, again.stats.encoded) == (1, 1, 1)
+
+
+def test_prefetch_fills_the_cache_once_per_new_text(embedder: Embedder) -> None:
+    texts = distinct_texts(30)
+    tables = [pa.table({"id": list(range(20)), "text": texts[:20]}),
+              pa.table({"id": list(range(20, 40)), "text": texts[10:30]})]
+    table_embedder = TableEmbedder(embedder, text_column="text", id_column="id")
+    table_embedder(pa.table({"id": [0, 1], "text": texts[:2]}))  # two texts cached already
+    assert table_embedder.prefetch(tables) == 28 and table_embedder.prefetch(tables) == 0
+    results = [table_embedder(table) for table in tables]
+    assert [(r.stats.cache_hits, r.stats.cache_misses, r.stats.encoded) for r in results] == [(20, 0, 0), (20, 0, 0)]
+    for result, table in zip(results, tables):
+        got = np.asarray(result.table["embedding"].combine_chunks().flatten()).reshape(table.num_rows, -1)
+        np.testing.assert_allclose(got, embedder.encode(table["text"].to_pylist()), rtol=0, atol=ATOL)
+    off = TableEmbedder(embedder, text_column="text", id_column="id", cache_mb=0)
+    assert off.prefetch(tables) == 0
+    stats = off(tables[0]).stats
+    assert (stats.encoded, stats.cache_hits, stats.cache_misses) == (20, 0, 0)  # off: nothing looked up
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -140,6 +187,8 @@ def test_output_equals_encode_with_metadata_and_summary(artifact: Path, embedder
     per_batch = sum(len(set(table["text"].to_pylist()[i:i + 100])) for i in range(0, 250, 100))
     assert summary["unique_texts"] == per_batch
     assert summary["texts_encoded"] == len(set(table["text"].to_pylist()))
+    # each batch's distinct texts are looked up in the cache: the lookahead (all 3 shards here) embedded them
+    assert (summary["cache_hits"], summary["cache_misses"]) == (per_batch, 0)
     # the summary is written last
     assert (out / "_summary.json").stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in out.glob("part-*"))
 
@@ -246,18 +295,23 @@ def test_jsonl_with_mixed_types_names_the_file(artifact: Path, tmp_path: Path) -
 
 # -- resume, crashes and finished runs ------------------------------------------------------
 class FailingEmbedder(Embedder):
-    """An Embedder that records what it encodes and raises on its `fail_at`-th call."""
+    """An Embedder that records the texts (as token ids) that it runs through the model (`pool`,
+    which `TableEmbedder` calls on prepared texts) and raises on its `fail_at`-th call."""
 
     def __init__(self, path: Path, fail_at: int | None = None) -> None:
         super().__init__(path)
-        self.fail_at, self.calls, self.texts = fail_at, 0, []
+        self.fail_at, self.calls, self.pooled = fail_at, 0, []
 
-    def encode(self, texts, **kwargs):
+    def pool(self, prepared, *args, **kwargs):
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("simulated failure")
-        self.texts += list(texts)
-        return super().encode(texts, **kwargs)
+        self.pooled += [tuple(prepared.row_ids(i).tolist()) for i in range(len(prepared))]
+        return super().pool(prepared, *args, **kwargs)
+
+    def tokens(self, texts: list[str]) -> list[tuple[int, ...]]:
+        """`texts` as `pooled` records them."""
+        return [tuple(row) for row in self.tokenize(texts)]
 
 
 def test_resume_after_a_failure_embeds_only_the_remaining_rows(artifact: Path, tmp_path: Path,
@@ -274,7 +328,7 @@ def test_resume_after_a_failure_embeds_only_the_remaining_rows(artifact: Path, t
     second = FailingEmbedder(artifact)
     summary = run(second, source, out, id_column="id", batch_rows=100)
     texts = table["text"].to_pylist()
-    assert sorted(second.texts) == sorted(texts[300:])  # only the rows of uncommitted shards
+    assert sorted(second.pooled) == sorted(second.tokens(texts[300:]))  # only the rows of uncommitted shards
     assert summary["rows_this_run"] == 700 and summary["rows_written"] == 1000
     ids, vectors = embeddings(out)
     assert ids.tolist() == table["id"].to_pylist()  # every id exactly once
@@ -290,7 +344,7 @@ def test_new_texts_of_the_next_shards_are_embedded_together(artifact: Path, tmp_
     clean = FailingEmbedder(artifact)
     summary = run(clean, source, tmp_path / "clean", id_column="id", batch_rows=100)
     assert clean.calls == -(-10 // local.LOOKAHEAD_SHARDS)  # one call per group of shards
-    assert sorted(clean.texts) == sorted(table["text"].to_pylist()) and summary["texts_encoded"] == 1000
+    assert sorted(clean.pooled) == sorted(clean.tokens(table["text"].to_pylist())) and summary["texts_encoded"] == 1000
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated failure"):
         run(FailingEmbedder(artifact, fail_at=2), source, out, id_column="id", batch_rows=100)
@@ -298,7 +352,7 @@ def test_new_texts_of_the_next_shards_are_embedded_together(artifact: Path, tmp_
     assert sorted(p.name for p in out.glob("part-*")) == [f"part-{i:06d}.parquet" for i in range(committed)]
     second = FailingEmbedder(artifact)
     summary = run(second, source, out, id_column="id", batch_rows=100)
-    assert sorted(second.texts) == sorted(table["text"].to_pylist()[100 * committed:])
+    assert sorted(second.pooled) == sorted(second.tokens(table["text"].to_pylist()[100 * committed:]))
     assert summary["rows_written"] == 1000 and summary["texts_encoded"] == 1000
     ids, vectors = embeddings(out)
     assert ids.tolist() == table["id"].to_pylist()
@@ -485,6 +539,14 @@ def test_table_embedder_text_too_long_is_a_bad_row(embedder: Embedder, dedup: bo
     assert (result.stats.rows, result.stats.written, result.stats.rejected) == (5, 3, 2)
     again = skip(table)  # a refused text is never cached as if it had a vector
     assert again.rejects["id"].to_pylist() == [2, 4] and again.table["id"].to_pylist() == [1, 3, 5]
+    edges = pa.table({"id": [6, 7, 8, 9], "text": [LONG_TEXT + "a", LONG_TEXT + "b", "senior nurse", LONG_TEXT + "c"]})
+    result = skip(edges)  # refused texts first, one after another, and last
+    assert result.rejects["id"].to_pylist() == [6, 7, 9] and result.table["id"].to_pylist() == [8]
+    np.testing.assert_allclose(np.asarray(result.table["embedding"].combine_chunks().flatten()),
+                               embedder.encode(["senior nurse"])[0], rtol=0, atol=ATOL)
+    assert result.stats.encoded == 1
+    if dedup:  # the lookahead leaves refused texts to the batch, which reports them
+        assert skip.prefetch([table, edges, pa.table({"text": [LONG_TEXT, "data engineer"]})]) == 1
     fail = TableEmbedder(embedder, text_column="text", id_column="id", dedup=dedup)
     with pytest.raises(BadRowError, match=r"bad row id=2, input row 10: a text of 70,000 characters cannot be "
                                           r"embedded: .*\. Fix the input, or pass --on-bad-row skip"):

@@ -99,7 +99,7 @@ def test_resume_with_repeated_ids_is_exactly_once(artifact: Path, tmp_path: Path
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 120, 300).tolist()  # many repeats, spread over the shards
     ids[5] = ids[17] = None
-    table = pa.table({"id": pa.array(ids, pa.int64()), "text": [WORDS[i % 8] + f" {i}" for i in range(300)]})
+    table = pa.table({"id": pa.array(ids, pa.int64()), "text": distinct_texts(300)})  # distinct tokens too
     source = write(table, tmp_path / "in.parquet")
     reference = run(artifact, source, tmp_path / "reference", id_column="id", on_bad_row="skip", batch_rows=40)
     out = tmp_path / "out"
@@ -196,8 +196,8 @@ def plant_links(out: Path, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
 def test_cleanup_never_follows_a_planted_link(artifact: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(local, "LOOKAHEAD_SHARDS", 1)
     # bad rows only from the third shard on, so that the interrupted run leaves no reject part
-    table = pa.table({"id": list(range(40)), "text": [None if i % 5 == 0 and i >= 20 else f"{WORDS[i % 8]} {i}"
-                                                      for i in range(40)]})
+    table = pa.table({"id": list(range(40)), "text": [None if i % 5 == 0 and i >= 20 else text
+                                                      for i, text in enumerate(distinct_texts(40))]})
     source = write(table, tmp_path / "in.parquet")
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated failure"):
@@ -214,7 +214,7 @@ def test_cleanup_never_follows_a_planted_link(artifact: Path, tmp_path: Path, mo
 def test_rejects_lost_with_a_planted_link_fail_the_run(artifact: Path, tmp_path: Path, monkeypatch) -> None:
     """The committed shards' rejects were in the folder the link replaced: the summary would lie, so no summary."""
     monkeypatch.setattr(local, "LOOKAHEAD_SHARDS", 1)
-    table = pa.table({"id": list(range(40)), "text": [None if i % 5 == 0 else f"{WORDS[i % 8]} {i}" for i in range(40)]})
+    table = pa.table({"id": list(range(40)), "text": [None if i % 5 == 0 else text for i, text in enumerate(distinct_texts(40))]})
     source = write(table, tmp_path / "in.parquet")
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated failure"):
@@ -295,11 +295,11 @@ HOLDS_THE_FOLDER = textwrap.dedent("""
     from jobbert_onnx.runtime import Embedder
 
     class Waits(Embedder):
-        def encode(self, texts, **kwargs):
+        def pool(self, prepared, *args, **kwargs):  # the model's part, which TableEmbedder runs
             Path(sys.argv[4]).write_text("started")
             while not Path(sys.argv[5]).exists():
                 time.sleep(0.05)
-            return super().encode(texts, **kwargs)
+            return super().pool(prepared, *args, **kwargs)
 
     embed_dataset(Waits(sys.argv[1]), sys.argv[2], sys.argv[3], id_column="id", batch_rows=10, show_progress=False)
 """)

@@ -1,5 +1,5 @@
-"""The server's embedding cache: LRU order, its two bounds, and that the bytes it accounts for are
-the bytes it really holds."""
+"""The runtime's embedding cache (the server's and the dataset engine's): LRU order, its two bounds,
+its counters, and that the bytes it accounts for are the bytes it really holds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 
-from jobbert_onnx.serve.cache import ENTRY_OVERHEAD, EmbeddingCache
+from jobbert_onnx.runtime.cache import ENTRY_OVERHEAD, EmbeddingCache
 
 DIM = 1024
 
@@ -52,9 +52,31 @@ def test_zero_turns_it_off_and_an_oversized_vector_is_not_kept():
     off = EmbeddingCache(max_bytes=0, max_entries=100)
     off.put(key("a"), vector(0), 1)
     assert len(off) == 0 and off.get(key("a")) is None and off.misses == 0
+    assert off.capacity(DIM) == 0
     small = EmbeddingCache(max_bytes=100, max_entries=100)
     small.put(key("a"), vector(0), 1)
     assert len(small) == 0 and small.bytes == 0
+
+
+def test_capacity_is_what_fits_within_both_bounds():
+    cost = EmbeddingCache.entry_bytes(key("x"), vector(0))
+    by_bytes = EmbeddingCache(max_bytes=5 * cost + cost - 1, max_entries=100)
+    assert by_bytes.capacity(DIM) == 5
+    for i in range(20):
+        by_bytes.put(key(str(i)), vector(i))
+    assert len(by_bytes) == 5
+    by_entries = EmbeddingCache(max_bytes=10**9, max_entries=3)
+    assert by_entries.capacity(DIM) == 3
+
+
+def test_membership_is_neither_counted_nor_reordered():
+    cache = EmbeddingCache(max_bytes=10**9, max_entries=2)
+    cache.put(key("a"), vector(0))
+    cache.put(key("b"), vector(1))
+    assert key("a") in cache and key("z") not in cache
+    assert (cache.hits, cache.misses) == (0, 0)
+    cache.put(key("c"), vector(2))  # "a" is still the least recently used
+    assert cache.keys() == [key("b"), key("c")]
 
 
 def test_entries_own_their_data():

@@ -638,7 +638,7 @@ def test_cache_hit_returns_the_fresh_vector_and_metrics_move(embedder):
 
 
 def test_cache_evicts_least_recently_used_through_the_server(embedder):
-    from jobbert_onnx.serve.cache import ENTRY_OVERHEAD
+    from jobbert_onnx.runtime.cache import ENTRY_OVERHEAD
 
     fake = FakeEmbedder(embedder)
     entry = 32 + 6 * 4 + ENTRY_OVERHEAD  # key + anchor vector + overhead
