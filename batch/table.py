@@ -1,7 +1,7 @@
 """The engine-neutral piece: an Arrow table of texts in, a table of ids and embeddings out.
 
 Both engines (local and Ray) call `TableEmbedder` on each batch of rows; a Spark `mapInPandas`
-wrapper is a few lines on top of it (README, "Embedding datasets"). It checks every row, prepares
+wrapper is a few lines on top of it (docs/datasets.md). It checks every row, prepares
 (tokenizes) each distinct text of the batch once, embeds each distinct text once (and texts seen in
 recent batches not at all, from the runtime's bounded `EmbeddingCache`, keyed as the server keys
 it: `PreparedTexts.keys(artifact_id, head)`), and returns

@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache" / "batch"
 RESULTS = HERE / "results"
 ZIPF_S = 1.1
-# bench.speed's GPU figures (README, "GPU": NVIDIA H200, fp16, titles/s at batch 256) and its CPU
+# bench.speed's GPU figures (docs/benchmarks.md, "GPU": NVIDIA H200, fp16, titles/s at batch 256) and its CPU
 # figures for 64-token skill lists against titles (int8, batch 8), for the paper estimate.
 GPU_TITLES_PER_S = 39_011
 SKILL_LIST_SLOWDOWN = 393.5 / 67.9
@@ -150,7 +150,7 @@ def markdown(report: dict) -> str:
     for t in report["targets"]:
         lines.append(f"| {t['name']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
     p = report["paper"]
-    lines += ["", "On paper, 100M postings (from the rates above; GPU from the README's H200 figures):", "",
+    lines += ["", "On paper, 100M postings (from the rates above; GPU from the H200 figures in docs/benchmarks.md):", "",
               "| | per core or GPU | 100M distinct titles | 100M at this input's repetition | 100M distinct 64-token texts |",
               "|---|---|---|---|---|"]
     for row in p:

@@ -2,8 +2,8 @@
 
 Reads `speed.json` (with the peers' real-weight table when the run had peers), `quality.json`
 (and `gpu_check.md` when a GPU run was copied there) from `--results`, writes `summary.md` beside
-them, and puts the same text into README.md between the `<!-- bench:start -->` and
-`<!-- bench:end -->` markers, so the README always quotes the last run.
+them, and puts the same text into docs/benchmarks.md between the `<!-- bench:start -->` and
+`<!-- bench:end -->` markers, so the docs always quote the last run.
 """
 
 from __future__ import annotations
@@ -37,17 +37,17 @@ def quality_targets(quality: dict) -> list[dict]:
 def summary(results: Path) -> str:
     speed = json.loads((results / "speed.json").read_text(encoding="utf-8"))
     quality = json.loads((results / "quality.json").read_text(encoding="utf-8"))
-    lines = ["### Speed, memory and size (CPU)", "", speed_markdown(speed).rstrip(), ""]
+    lines = ["## Speed, memory and size (CPU)", "", speed_markdown(speed).rstrip(), ""]
     peers = peers_markdown(speed)
     if peers:
-        lines += ["### Peers on real weights", "", peers.rstrip(), ""]
-    lines += ["### Retrieval quality per precision (real weights)", "", quality_markdown(quality).rstrip(), "",
+        lines += ["## Peers on real weights", "", peers.rstrip(), ""]
+    lines += ["## Retrieval quality per precision (real weights)", "", quality_markdown(quality).rstrip(), "",
               "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in quality_targets(quality):
         lines.append(f"| {t['target']} | {t['measured']:.5f} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
     gpu = results / "gpu_check.md"
     if gpu.exists():
-        lines += ["", "### GPU (`bench/gpu_check.sh`, run on a lent machine, copied here)", "",
+        lines += ["", "## GPU (`bench/gpu_check.sh`, run on a lent machine, copied here)", "",
                   gpu.read_text(encoding="utf-8").rstrip()]
     return "\n".join(lines) + "\n"
 
@@ -66,7 +66,7 @@ def update_readme(readme: Path, text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=HERE / "results")
-    parser.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
+    parser.add_argument("--readme", type=Path, default=HERE.parent / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     missing = [name for name in ("speed.json", "quality.json") if not (args.results / name).exists()]
     if missing:

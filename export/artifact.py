@@ -227,7 +227,7 @@ def save_graph(model, path: Path, external_weights: bool) -> None:
 
     onnxruntime memory-maps external weights instead of copying them out of the protobuf, so a
     process holds each weight once and only the vocabulary rows its texts use (peak RSS figures:
-    README, "What each lever did"). It also lifts protobuf's 2 GB limit on a graph file.
+    docs/benchmarks.md, "What each lever did"). It also lifts protobuf's 2 GB limit on a graph file.
     """
     import onnx
 

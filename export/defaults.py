@@ -10,6 +10,6 @@ DEFAULT_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
 DEFAULT_MARGIN = {"fp32": 0.0, "fp16": 0.0, "int8": 0.005}
 # The oldest ONNX opset whose ops every graph uses (LayerNormalization is opset 17).
 MIN_OPSET = 17
-# Which tokenizer ships (export/tokenizer_choice.py; README, "Tokenizer choice").
+# Which tokenizer ships (export/tokenizer_choice.py; docs/artifact.md, "Which tokenizer the artifact ships").
 TOKENIZER_CHOICES = ("transformers", "checkpoint")
 DEFAULT_TOKENIZER = "transformers"
