@@ -20,7 +20,8 @@ from jobbert_onnx.export import int8
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
 CHECK = Path(__file__).resolve().parents[1] / "bench" / "avx2_exactness.py"
 
-pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-user (apt-get install qemu-user-static)")
+pytestmark = [pytest.mark.full,  # the exporter's int8 weights, under an emulated CPU
+              pytest.mark.skipif(QEMU is None, reason="needs qemu-user (apt-get install qemu-user-static)")]
 
 
 def _check(*args: str) -> subprocess.CompletedProcess:

@@ -70,6 +70,7 @@ def tiny_data(tmp_path: Path) -> Path:
     return data
 
 
+@pytest.mark.full  # exports and runs sentence-transformers
 def test_run_quality_fp32_matches_pytorch(tiny_data: Path, tmp_path: Path) -> None:
     result = run_quality(tiny_data, precisions=["fp32"], cache=tmp_path / "cache", languages=("en", "de"),
                          log=lambda _: None)

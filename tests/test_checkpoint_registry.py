@@ -17,6 +17,8 @@ from jobbert_onnx.export import checkpoint
 from jobbert_onnx.export.checkpoint import (MODULE_TYPES, POOLING_MODES, CheckpointError, DenseConfig, NormalizeConfig,
                                             read_checkpoint)
 
+pytestmark = pytest.mark.full  # the exporter's checkpoint reader and its torch modules
+
 
 def _copy(model: Path, target: Path) -> Path:
     shutil.copytree(model, target)

@@ -19,6 +19,8 @@ from jobbert_onnx.runtime.tokenization import TextTokenizer
 
 from .reference import cosine_rows, st_embeddings, st_model
 
+pytestmark = pytest.mark.full  # the exporter against sentence-transformers
+
 THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
 FIXTURES = ["jobbert_asym_model", "jobbert_router_model", "bert_model", "minilm_model"]
 HARD_TEXTS = [

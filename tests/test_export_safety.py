@@ -22,6 +22,8 @@ from jobbert_onnx.export import ExportConfig, export_model
 from jobbert_onnx.runtime import Embedder
 from jobbert_onnx.runtime.manifest import Manifest
 
+pytestmark = pytest.mark.full  # exports checkpoints
+
 OWNER_FILE = "owner.json"  # the marker naming the process that writes a staging folder
 SAFE_HEAD_FILE = re.compile(r"heads/[a-z0-9][a-z0-9_-]*\.onnx")
 

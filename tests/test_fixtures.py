@@ -18,6 +18,8 @@ try:
 except ImportError:  # see conftest.py
     from fixtures import models  # type: ignore[no-redef]
 
+pytestmark = pytest.mark.full  # imports torch and sentence-transformers
+
 # fixture name -> (embedding dimension, max_seq_length, tokenizer class that transformers must pick)
 EXPECTED = {
     "jobbert_asym_model": (models.JOBBERT_OUT_FEATURES, models.JOBBERT_MAX_SEQ_LENGTH, "XLMRobertaTokenizer"),

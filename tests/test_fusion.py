@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from jobbert_onnx.export.fusion import fuse_encoder
 from jobbert_onnx.export import int8
@@ -15,6 +16,8 @@ from jobbert_onnx.runtime.tokenization import TextTokenizer
 
 from tests.fixtures.models import HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS
 from tests.reference import cosine_rows
+
+pytestmark = pytest.mark.full  # imports torch (tests.fixtures.models)
 
 
 def _encode(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:

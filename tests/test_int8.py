@@ -16,6 +16,8 @@ from jobbert_onnx.runtime.manifest import Manifest
 
 from .reference import cosine_rows, st_embeddings
 
+pytestmark = pytest.mark.full  # the exporter's int8 recipe
+
 RNG = np.random.default_rng(7)
 K, N = 48, 40
 

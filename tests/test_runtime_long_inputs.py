@@ -27,6 +27,8 @@ from jobbert_onnx.runtime.manifest import TokenizerEntry
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 from tests.fixtures.models import load_job_titles
 
+pytestmark = pytest.mark.full  # reads the checkpoint fixtures' tokenizers (torch)
+
 MAX_SEQ_LENGTH = 64
 SHORT = 8 * MAX_SEQ_LENGTH  # texts up to this many characters are never cut (prefix_cut._CHARS_PER_TOKEN)
 WHOLE = 1024 * MAX_SEQ_LENGTH  # texts that cannot be cut are tokenized whole up to this many characters

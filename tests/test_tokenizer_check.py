@@ -24,6 +24,8 @@ from tests.fixtures import models
 from .reference import cosine_rows, st_embeddings
 from .test_cli import assert_one_line_error, cli
 
+pytestmark = pytest.mark.full  # imports transformers
+
 SPEC = TokenizerEntry(file="tokenizer.json", max_seq_length=64, do_lower_case=False, pad_token_id=1, pad_token="<pad>")
 ZH_SKILLS = next(text for text in probe_texts() if "，" in text)  # the probe with full-width commas
 CHECKED = list(dict.fromkeys([*probe_texts(), *builtin_texts()]))  # what an export without --calibration compares
