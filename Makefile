@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, export MODEL at int8, print the seed titles' similarity matrix
 #   make test   set up and run the tests (what CI runs)
+# And the fast lane: make test-fast   runtime, server and dataset tests on the toy artifact, no torch
 # And the benchmarks (README, "Benchmarks"):
 #   make bench DATA=<job-title-similarity folder>    speed, quality, then the report
 #   make levers DATA=<job-title-similarity folder>   what each speed/accuracy lever does
@@ -16,7 +17,7 @@ PIP       = $(VENV)/bin/python -m pip --disable-pip-version-check
 
 SEED_TITLES = 'Software Engineer' '高级软件开发人员' 'Produktmanager' 'Científica de datos'
 
-.PHONY: venv demo test bench levers serve-bench batch-bench clean
+.PHONY: venv demo test test-fast bench levers serve-bench batch-bench clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +35,11 @@ demo: venv
 test: venv
 	$(VENV)/bin/python -m pytest -q
 	PYTHON=$(PYTHON) EXPORT_PYTHON=$(VENV)/bin/python bash tests/check_runtime_only.sh
+
+# Leaves out the tests marked full (export stack) or slow (Ray clusters), and fails if torch,
+# transformers or sentence_transformers gets imported. `make test` stays the whole suite.
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --fast-lane
 
 bench: venv
 	@test -n "$(DATA)" || { echo "make bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
