@@ -2,7 +2,7 @@
 #   make demo   set up, export MODEL at int8, print the seed titles' similarity matrix
 #   make test   set up and run the tests (what CI runs)
 # And the fast lane: make test-fast   runtime, server and dataset tests on the toy artifact, no torch
-# And the benchmarks (README, "Benchmarks"):
+# And the benchmarks (docs/benchmarks.md):
 #   make bench DATA=<job-title-similarity folder>    speed, quality, then the report
 #   make levers DATA=<job-title-similarity folder>   what each speed/accuracy lever does
 #   make serve-bench DATA=...   the server's load test, with infinity-emb as the peer (bench/serve.py)

@@ -24,7 +24,7 @@ from jobbert_onnx.batch.inputs import _glob_regex, resolve_input
 from jobbert_onnx.runtime import Embedder, TextTooLongError, UnknownHeadError
 from jobbert_onnx.runtime.cache import ENTRY_OVERHEAD, EmbeddingCache
 from tests import toy_artifact
-from tests.test_batch_data import distinct_texts, embeddings, rows, write
+from tests.batch_data import distinct_texts, embeddings, rows, write
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-6  # a text's embedding alone or in another batch: equal up to float summation order

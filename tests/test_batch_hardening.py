@@ -26,7 +26,7 @@ import pytest
 from jobbert_onnx.batch import BadRowError, InputError, OutputFolderError, embed_dataset, local
 from jobbert_onnx.cli import main
 from tests.test_batch import FailingEmbedder
-from tests.test_batch_data import distinct_texts, rows, write
+from tests.batch_data import distinct_texts, rows, write
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = distinct_texts(8)

@@ -25,7 +25,7 @@ from jobbert_onnx.batch.output import OutputFolder
 from jobbert_onnx.batch import ray_engine
 from jobbert_onnx.batch.ray_engine import RayEmbedBatches
 from jobbert_onnx.runtime import Embedder
-from tests.test_batch_data import embeddings, rows, write
+from tests.batch_data import embeddings, rows, write
 
 # Run by tests/test_batch_ray_process.py in a pytest process of its own (see why there).
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(

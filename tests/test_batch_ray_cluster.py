@@ -17,7 +17,7 @@ from ray.cluster_utils import Cluster
 from jobbert_onnx.batch import embed_dataset
 from jobbert_onnx.batch.ray_engine import RayEmbedBatches
 from tests import toy_artifact
-from tests.test_batch_data import embeddings, rows, write
+from tests.batch_data import embeddings, rows, write
 
 # Run by tests/test_batch_ray_process.py in a pytest process of its own (see why there).
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
