@@ -22,7 +22,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add `serve` to the `jobbert-onnx` subcommands (its defaults come from `serve.config.Limits`)."""
     from .config import Connections, Limits, ServerConfig
 
-    limits, config, connections = Limits(), ServerConfig(), Connections()
     serve = subparsers.add_parser(
         "serve",
         help="serve an artifact over HTTP (TEI and OpenAI embedding routes)",
@@ -41,44 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     key.add_argument("--api-key-file", help="read the API key from this file (surrounding whitespace stripped)")
 
     group = serve.add_argument_group("limits (all named in GET /info)")
-    group.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
-                       help=f"request body size, checked before it is read; beyond: 413 (default {limits.max_body_bytes})")
-    group.add_argument("--max-inputs", type=int, default=limits.max_inputs,
-                       help=f"texts per request; beyond: 413 (default {limits.max_inputs})")
-    group.add_argument("--max-chars", type=int, default=limits.max_chars,
-                       help=f"characters per text; beyond: 413 (default {limits.max_chars})")
-    group.add_argument("--max-batch-items", type=int, default=limits.max_batch_items,
-                       help=f"texts per inference batch; 1 turns batching off (default {limits.max_batch_items})")
-    group.add_argument("--max-batch-tokens", type=int, default=limits.max_batch_tokens,
-                       help=f"padded tokens per batch, texts x longest (default {limits.max_batch_tokens})")
-    group.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms,
-                       help="how long a batch waits to fill once a text is queued (default 0: run when free)")
-    group.add_argument("--max-queue-items", type=int, default=limits.max_queue_items,
-                       help=f"distinct texts waiting for inference; beyond, or while the queue holds more than "
-                            f"half --queue-timeout of work: 429 (default {limits.max_queue_items})")
-    group.add_argument("--queue-timeout", type=float, default=limits.queue_timeout_s, metavar="SECONDS",
-                       help=f"texts queued longer are dropped and answered 503 (default {limits.queue_timeout_s:g})")
-    group.add_argument("--cache-mb", type=float, default=limits.cache_mb,
-                       help=f"embedding cache size in MiB; 0 turns it off (default {limits.cache_mb:g})")
-    group.add_argument("--cache-entries", type=int, default=limits.cache_entries,
-                       help=f"embedding cache entries at most (default {limits.cache_entries})")
-    group.add_argument("--drain-seconds", type=float, default=config.drain_seconds,
-                       help="after SIGTERM, keep the socket open this long with /ready answering 503 (default 0)")
-    group.add_argument("--shutdown-timeout", type=float, default=config.shutdown_timeout_s, metavar="SECONDS",
-                       help=f"then give in-flight requests this long to finish (default {config.shutdown_timeout_s:g})")
-
+    _add_flags(group, Limits)
+    _add_flags(group, ServerConfig)
     conn = serve.add_argument_group("connections (what a client may hold before its request is read)")
-    conn.add_argument("--max-connections", type=int, default=connections.max_connections,
-                      help="open connections at most; beyond, new ones get 503 and are closed "
-                           "(default: 1024, or the file-descriptor limit minus 64 if lower)")
-    conn.add_argument("--max-header-bytes", type=int, default=connections.max_header_bytes,
-                      help=f"request line and headers together; beyond: 431 (default {connections.max_header_bytes})")
-    conn.add_argument("--header-timeout", type=float, default=connections.header_timeout_s, metavar="SECONDS",
-                      help="close a connection whose request headers are not complete this long after it opened or "
-                           f"the request began (default {connections.header_timeout_s:g})")
-    conn.add_argument("--body-timeout", type=float, default=connections.body_timeout_s, metavar="SECONDS",
-                      help=f"close a connection whose request body is not complete this long after its headers "
-                           f"(default {connections.body_timeout_s:g})")
+    _add_flags(conn, Connections)
     conn.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
                       help="HTTP parser: httptools (fast) when installed, else h11 (default auto)")
 
@@ -86,6 +51,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     serve.set_defaults(run=run)
     return serve
+
+
+def _add_flags(group: argparse._ArgumentGroup, settings: type) -> None:
+    """One flag per flag-backed field of the dataclass `settings`: flag, default, help and type come
+    from the field (`serve.config.flag_fields`), and the value lands under the field's name."""
+    from .config import flag_fields
+
+    for name, bound, default, text in flag_fields(settings):
+        metavar = "SECONDS" if name.endswith(("_s", "_seconds")) else None
+        group.add_argument(bound.flag, dest=name, type=int if bound.integer else float, default=default,
+                           metavar=metavar, help=text)
+
+
+def _settings(settings: type, args: argparse.Namespace) -> dict:
+    """The values of `settings`' flag-backed fields from the parsed flags."""
+    from .config import flag_fields
+
+    return {name: getattr(args, name) for name, _, _, _ in flag_fields(settings)}
 
 
 def api_key(args: argparse.Namespace) -> str | None:
@@ -129,36 +112,18 @@ def run(args: argparse.Namespace) -> None:
 
     # One computing pool: the tokenizer's own thread pool would compete with onnxruntime's.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    limits = Limits(
-        max_body_bytes=args.max_body_bytes,
-        max_inputs=args.max_inputs,
-        max_chars=args.max_chars,
-        max_batch_items=args.max_batch_items,
-        max_batch_tokens=args.max_batch_tokens,
-        batch_wait_ms=args.batch_wait_ms,
-        max_queue_items=args.max_queue_items,
-        queue_timeout_s=args.queue_timeout,
-        cache_mb=args.cache_mb,
-        cache_entries=args.cache_entries,
-    )
-    connections = Connections(
-        max_connections=args.max_connections,
-        max_header_bytes=args.max_header_bytes,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-    )
     config = ServerConfig(
-        limits=limits,
+        limits=Limits(**_settings(Limits, args)),
         served_model_name=args.served_model_name or Path(args.artifact).resolve().name,
         api_key=api_key(args),
-        drain_seconds=args.drain_seconds,
-        shutdown_timeout_s=args.shutdown_timeout,
-        connections=connections,
+        connections=Connections(**_settings(Connections, args)),
+        **_settings(ServerConfig, args),
     )
     # Every setting is checked before the model loads: a typo must not cost a model load first.
     check_process_flags(args.port, args.threads)
     config.check()
-    config = replace(config, connections=replace(connections, max_connections=connection_cap(args.max_connections)))
+    config = replace(config, connections=replace(config.connections,
+                                                 max_connections=connection_cap(config.connections.max_connections)))
     embedder = Embedder(args.artifact, device=args.device, threads=args.threads)
     app = create_app(embedder, config)  # checks the limits against the model
     run_server(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log, http=args.http)

@@ -1,6 +1,7 @@
 """The server's settings: every limit with its default and its allowed range, checked once at start-up.
 
-Each numeric setting declares its flag and range beside its default (`_bounded`), so that one
+Each numeric setting is declared once, as a dataclass field (`_bounded`) holding its default,
+its flag, its help and its allowed range: `serve.cli` builds the flags from these fields, and one
 generic check (`check_bounds`) refuses NaN, infinities and out-of-range values before the model
 loads, with a one-line message naming the flag.
 """
@@ -54,9 +55,24 @@ def _show(value: float) -> str:
     return f"{value:g}"
 
 
-def _bounded(default: Any, flag: str, low: float, high: float = math.inf, **rules: bool) -> Any:
-    """A dataclass field with its default and its `Bound` (read back by `check_bounds`)."""
-    return field(default=default, metadata={"bound": Bound(flag, low, high, **rules)})
+def _bounded(default: Any, flag: str, low: float, high: float = math.inf, *, help: str,
+             shown: str | None = None, **rules: bool) -> Any:
+    """A dataclass field with its default, its `Bound` (read back by `check_bounds`) and its flag's
+    help (read by `serve.cli`); `shown`: how the help names the default, when not the value itself."""
+    return field(default=default, metadata={"bound": Bound(flag, low, high, **rules), "help": help, "shown": shown})
+
+
+def flag_fields(settings: Any) -> list[tuple[str, Bound, Any, str]]:
+    """(field name, bound, default, help with the default) of each flag-backed field of the dataclass
+    `settings` (a class or an instance), in declaration order."""
+    out = []
+    for item in fields(settings):
+        bound = item.metadata.get("bound")
+        if bound is not None:
+            default = item.default
+            shown = item.metadata["shown"] or _show(default)
+            out.append((item.name, bound, default, f"{item.metadata['help']} (default {shown})"))
+    return out
 
 
 def check_bounds(settings: Any) -> None:
@@ -89,23 +105,29 @@ class Limits:
     503 after a long wait. On a GPU, raise the batch and queue limits.
     """
 
-    # request body, checked before the body is read (TEI's default)
-    max_body_bytes: int = _bounded(2_000_000, "--max-body-bytes", 1, integer=True)
-    # texts per request (source + target for /similarity)
-    max_inputs: int = _bounded(512, "--max-inputs", 1, integer=True)
-    max_chars: int = _bounded(50_000, "--max-chars", 1, integer=True)  # characters per text
-    max_batch_items: int = _bounded(32, "--max-batch-items", 1, integer=True)  # texts per inference batch
-    # padded tokens per batch: items x longest item
-    max_batch_tokens: int = _bounded(16_384, "--max-batch-tokens", 1, integer=True)
-    # how long the inference thread waits for a batch to fill (below --queue-timeout: see check_values)
-    batch_wait_ms: float = _bounded(0.0, "--batch-wait-ms", 0, DAY_S * 1000)
-    # distinct texts waiting for inference; beyond: 429
-    max_queue_items: int = _bounded(1024, "--max-queue-items", 1, integer=True)
-    # a text waiting longer is dropped unrun and answered 503
-    queue_timeout_s: float = _bounded(5.0, "--queue-timeout", 0, DAY_S, low_open=True)
-    # LRU cache of embeddings, by bytes; 0 turns it off. At most 1 TiB: a larger number is a typo.
-    cache_mb: float = _bounded(64.0, "--cache-mb", 0, 1024 * 1024)
-    cache_entries: int = _bounded(100_000, "--cache-entries", 0, integer=True)  # ... and by entries
+    max_body_bytes: int = _bounded(2_000_000, "--max-body-bytes", 1, integer=True,
+                                   help="request body size, checked before it is read (TEI's default); beyond: 413")
+    max_inputs: int = _bounded(512, "--max-inputs", 1, integer=True,
+                               help="texts per request (source + target for /similarity); beyond: 413")
+    max_chars: int = _bounded(50_000, "--max-chars", 1, integer=True, help="characters per text; beyond: 413")
+    max_batch_items: int = _bounded(32, "--max-batch-items", 1, integer=True,
+                                    help="texts per inference batch; 1 turns batching off")
+    max_batch_tokens: int = _bounded(16_384, "--max-batch-tokens", 1, integer=True,
+                                     help="padded tokens per batch, texts x longest")
+    # below --queue-timeout: see check_values
+    batch_wait_ms: float = _bounded(0.0, "--batch-wait-ms", 0, DAY_S * 1000,
+                                    help="how long a batch waits to fill once a text is queued (0: run when free)")
+    max_queue_items: int = _bounded(1024, "--max-queue-items", 1, integer=True,
+                                    help="distinct texts waiting for inference; beyond, or while the queued work "
+                                         "would not run within --queue-timeout: 429")
+    queue_timeout_s: float = _bounded(5.0, "--queue-timeout", 0, DAY_S, low_open=True,
+                                      help="a request none of whose texts started this long after it arrived is "
+                                           "dropped and answered 503; one that could not run within it is refused "
+                                           "at once (429, or 413 when it alone is too much)")
+    # At most 1 TiB: a larger number is a typo.
+    cache_mb: float = _bounded(64.0, "--cache-mb", 0, 1024 * 1024,
+                               help="embedding cache size in MiB; 0 turns it off")
+    cache_entries: int = _bounded(100_000, "--cache-entries", 0, integer=True, help="embedding cache entries at most")
 
     def check_values(self) -> None:
         """Raise ValueError naming the first flag whose value cannot work, whatever the model."""
@@ -147,16 +169,20 @@ class Connections:
     connections exhaust the process's file descriptors (then every new client is reset).
     """
 
-    # open connections at most; beyond, a new one is answered 503 and closed at once. None: 1024,
-    # or fewer if the file-descriptor limit says so (`serve.server.connection_cap`).
-    max_connections: int | None = _bounded(None, "--max-connections", 1, integer=True, optional=True)
-    # request line and headers together; beyond: 431 and the connection closes. 64 KiB is 8x the
-    # 8 KiB that most proxies allow; 1 KiB is the least an ordinary client needs.
-    max_header_bytes: int = _bounded(65_536, "--max-header-bytes", 1024, 16 * 1024 * 1024, integer=True)
-    # from a connection's start (or a request's first byte) until its headers are complete
-    header_timeout_s: float = _bounded(10.0, "--header-timeout", 0, DAY_S, low_open=True)
-    # from the end of the headers until the end of the body: 2 MB at 70 KB/s
-    body_timeout_s: float = _bounded(30.0, "--body-timeout", 0, DAY_S, low_open=True)
+    # None: chosen at start-up by `serve.server.connection_cap`.
+    max_connections: int | None = _bounded(None, "--max-connections", 1, integer=True, optional=True,
+                                           help="open connections at most; beyond, new ones get 503 and are closed",
+                                           shown="1024, or the file-descriptor limit minus 64 if lower")
+    # 64 KiB is 8x the 8 KiB that most proxies allow; 1 KiB is the least an ordinary client needs.
+    max_header_bytes: int = _bounded(65_536, "--max-header-bytes", 1024, 16 * 1024 * 1024, integer=True,
+                                     help="request line and headers together; beyond: 431")
+    header_timeout_s: float = _bounded(10.0, "--header-timeout", 0, DAY_S, low_open=True,
+                                       help="close a connection whose request headers are not complete this long "
+                                            "after it opened or the request began")
+    # 2 MB at 70 KB/s
+    body_timeout_s: float = _bounded(30.0, "--body-timeout", 0, DAY_S, low_open=True,
+                                     help="close a connection whose request body is not complete this long after "
+                                          "its headers")
 
     def check(self) -> None:
         check_bounds(self)
@@ -169,10 +195,11 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     served_model_name: str = "jobbert"
     api_key: str | None = None  # when set, every route but /health, /ready and /metrics needs it
-    # after SIGTERM: /ready answers 503 this long before the socket closes
-    drain_seconds: float = _bounded(0.0, "--drain-seconds", 0, DAY_S)
-    # then in-flight requests get this long to finish
-    shutdown_timeout_s: float = _bounded(30.0, "--shutdown-timeout", 0, DAY_S)
+    drain_seconds: float = _bounded(0.0, "--drain-seconds", 0, DAY_S,
+                                    help="after SIGTERM, keep the socket open this long with /ready answering 503")
+    shutdown_timeout_s: float = _bounded(30.0, "--shutdown-timeout", 0, DAY_S,
+                                         help="then give in-flight requests this long to finish; texts still queued "
+                                              "after it get 503 and are not run")
     connections: Connections = field(default_factory=Connections)
 
     def check(self) -> None:

@@ -143,3 +143,21 @@ def test_a_key_with_a_trailing_newline_lets_the_right_key_in(embedder, monkeypat
     right, wrong = asyncio.run(scenario())
     assert right.status_code == 200 and wrong.status_code == 401
     np.testing.assert_allclose(right.json(), embedder.encode(["nurse"], normalize=True), rtol=1e-6, atol=1e-7)
+
+
+def test_the_flags_are_built_from_the_settings_fields():
+    """Each setting is declared once (its dataclass field): every flag-backed field is a `serve` flag
+    with the field's default, and a value given on the command line reaches that field."""
+    from jobbert_onnx.serve import cli
+    from jobbert_onnx.serve.config import flag_fields
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    defaults = parser.parse_args(["serve", MISSING])
+    for settings in (Limits, Connections, ServerConfig):
+        for name, bound, default, text in flag_fields(settings):
+            assert getattr(defaults, name) == default and f"(default " in text
+            value = "7" if bound.integer else "7.5"
+            given = parser.parse_args(["serve", MISSING, bound.flag, value])
+            built = settings(**cli._settings(settings, given))
+            assert getattr(built, name) == (int(value) if bound.integer else float(value)), bound.flag
