@@ -9,19 +9,10 @@ Needs the `[batch]` extra (pyarrow); the Ray engine needs `[ray]` (ray[data]).
 Names are imported on first use, so that `jobbert-onnx --help` works without pyarrow.
 """
 
-from importlib import import_module
-from typing import Any
+from jobbert_onnx.lazy import lazy_exports
 
 _HOMES = {"embed_dataset": ".api", "OutputFolderError": ".output", "BadRowError": ".table",
           "InputError": ".table", "TableEmbedder": ".table", "artifact_sha256": ".table"}
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(import_module(_HOMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -5,8 +5,7 @@ package loads nothing: each name below is imported on first use, so that the CLI
 `jobbert_onnx.export.defaults` without the exporter, and torch loads only when an export runs.
 """
 
-from importlib import import_module
-from typing import Any
+from jobbert_onnx.lazy import lazy_exports
 
 _HOMES = {
     "CheckpointError": ".checkpoint", "CheckpointSpec": ".checkpoint", "HeadConfig": ".checkpoint",
@@ -20,12 +19,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(import_module(_HOMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

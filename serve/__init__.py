@@ -7,19 +7,10 @@ Importing this package alone pulls in none of them.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from jobbert_onnx.lazy import lazy_exports
 
 # Imported on first use, so that `jobbert_onnx.serve.cli` imports without the extra.
 _HOMES = {"Limits": ".config", "ServerConfig": ".config", "create_app": ".app", "run_server": ".server"}
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(import_module(_HOMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
