@@ -15,7 +15,6 @@ it: `PreparedTexts.keys(artifact_id, head)`), and returns
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 
 from jobbert_onnx.runtime import JobbertOnnxError, TextTooLongError, unit_rows
 from jobbert_onnx.runtime.cache import EmbeddingCache
+from jobbert_onnx.runtime.manifest import MANIFEST_NAME, sha256_of
 from jobbert_onnx.runtime.prepared import PreparedTexts
 
 from .defaults import BAD_ROW_POLICIES, DEFAULT_CACHE_MB
@@ -66,8 +66,9 @@ class InputError(JobbertOnnxError):
 
 
 def artifact_sha256(artifact: str | Path) -> str:
-    """sha256 of the artifact's manifest.json, which itself holds every file's sha256."""
-    return hashlib.sha256((Path(artifact) / "manifest.json").read_bytes()).hexdigest()
+    """sha256 of the artifact's manifest.json, which itself holds every file's sha256 (what
+    `Embedder.artifact_id` is)."""
+    return sha256_of(Path(artifact) / MANIFEST_NAME)
 
 
 @dataclass

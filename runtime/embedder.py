@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from .errors import ArtifactError, UnknownHeadError
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import MANIFEST_NAME, Manifest, sha256_of
 from .prepared import PreparedTexts
 from .providers import ProviderSpec, choose_providers, create_session, cuda_device_id, session_options
 from .tokenization import TextTokenizer
@@ -92,7 +91,7 @@ class Embedder:
         self._manifest = manifest = Manifest.load(self._path)
         manifest.verify_files(self._path)  # the manifest's own fields were checked as it was read
         # The manifest lists every file's sha256, so its own digest names the whole artifact.
-        self._artifact_id = hashlib.sha256((self._path / MANIFEST_NAME).read_bytes()).hexdigest()
+        self._artifact_id = sha256_of(self._path / MANIFEST_NAME)
 
         self._tokenizer = TextTokenizer.from_file(self._path / manifest.tokenizer.file, manifest.tokenizer)
         choice = choose_providers(device, providers)
@@ -178,14 +177,13 @@ class Embedder:
                      prompt: str | None = None) -> np.ndarray:
         """Tokens per text as `encode` runs it (prompt included, after truncation, special tokens
         included); int64 [len(texts)]."""
-        return self._tokenizer.prepare_tokens(_check_texts(texts), self._resolve_prompt(prompt_name, prompt)).counts
+        return self._tokenizer.token_counts(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
 
     def tokenize(self, texts: Sequence[str], prompt_name: str | None = None,
                  prompt: str | None = None) -> list[list[int]]:
         """Token ids per text as `encode` runs them (prompt included, truncated, special tokens
         included, unpadded)."""
-        prepared = self._tokenizer.prepare_tokens(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
-        return [prepared.row_ids(i).tolist() for i in range(len(prepared))]
+        return self._tokenizer.tokenize(_check_texts(texts), self._resolve_prompt(prompt_name, prompt))
 
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
         """The prompt text to prepend, as sentence-transformers resolves it ("" for none): `prompt`

@@ -182,11 +182,10 @@ class ServerState:
             raise unavailable("the model is still warming up; retry shortly.", "not_ready")
 
     # -- the embedding path ------------------------------------------------------------------
-    def prepare(self, texts: list[str], heads: list[str], prompt_name: str | None) -> RequestTexts:
-        """Tokenize each distinct text once and key every input (off the loop for large requests).
-        A text the runtime refuses is a 413 naming its place in the request."""
+    def prepare_distinct(self, texts: list[str], prompt_name: str | None = None) -> tuple[PreparedTexts, list[int]]:
+        """Each distinct text tokenized once, and the row of each input among them. A text the runtime
+        refuses is a 413 naming its place in the request."""
         distinct = list(dict.fromkeys(texts))
-        row_of = {text: row for row, text in enumerate(distinct)}
         try:
             prepared = self.embedder.prepare(distinct, prompt_name=prompt_name)
         except TextTooLongError as exc:
@@ -194,7 +193,12 @@ class ServerState:
         finally:
             if sum(map(len, distinct)) > TRIM_CHARS:
                 _release_freed_memory()
-        rows = [row_of[text] for text in texts]
+        row_of = {text: row for row, text in enumerate(distinct)}
+        return prepared, [row_of[text] for text in texts]
+
+    def prepare(self, texts: list[str], heads: list[str], prompt_name: str | None) -> RequestTexts:
+        """Tokenize each distinct text once and key every input (off the loop for large requests)."""
+        prepared, rows = self.prepare_distinct(texts, prompt_name)
         by_head = {head: prepared.keys(self.artifact_id, head) for head in dict.fromkeys(heads)}
         keys = [by_head[head][row] for head, row in zip(heads, rows)]
         return RequestTexts(prepared, rows, prepared.keys(self.artifact_id), keys)
@@ -401,17 +405,9 @@ async def tokenize_route(request: Request, state: ServerState) -> Response:
     state.check_accepting()
 
     def tokenize() -> bytes:
-        distinct = list(dict.fromkeys(texts))
-        try:
-            prepared = state.embedder.prepare(distinct)
-        except TextTooLongError as exc:
-            raise text_too_long(texts.index(distinct[exc.index]), exc.detail) from None
-        finally:
-            if sum(map(len, distinct)) > TRIM_CHARS:
-                _release_freed_memory()
-        row_of = {text: row for row, text in enumerate(distinct)}
-        rows = [prepared.row_ids(row_of[text]).tolist() for text in texts]
-        return _dumps([{"ids": ids, "count": len(ids)} for ids in rows])
+        prepared, rows = state.prepare_distinct(texts)
+        ids = [prepared.row_ids(row).tolist() for row in rows]
+        return _dumps([{"ids": row, "count": len(row)} for row in ids])
 
     content = await state.off_loop(sum(map(len, texts)) <= INLINE_CHARS, tokenize)
     return Response(content, 200, media_type="application/json")
