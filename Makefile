@@ -66,27 +66,30 @@ clean:
 # The peers that `bench.speed` runs beside ours (bench/peers.py), each in its own venv, which
 # `make bench` builds once. sentence-transformers' ONNX backend needs optimum-onnx, which pins
 # transformers < 4.58 (this project needs transformers 5), so pip resolves sentence-transformers
-# 5.7.0 for it; fastembed needs no torch. `python -m bench.speed --peers none` runs without them.
+# 5.7.0 for it; fastembed needs no torch. OpenVINO with NNCF (its int8) and tokenizers needs no
+# torch either: nncf 3.4.0 pulls none (checked). `python -m bench.speed --peers none` runs without them.
 PEER_ST        ?= .venv-peer-st
 PEER_FASTEMBED ?= .venv-peer-fastembed
+PEER_OPENVINO  ?= .venv-peer-openvino
 PEER_ST_PKG    ?= sentence-transformers[onnx]==5.7.0
 PEER_FE_PKG    ?= fastembed==0.9.1
+PEER_OV_PKG    ?= openvino==2026.4.1 nncf==3.4.0 tokenizers==0.23.3
 # bench.serve's peer: infinity-emb with its default torch engine.
 PEER_INFINITY  ?= .venv-peer-infinity
 PEER_INF_PKG   ?= infinity-emb[server,torch]==0.0.78
 
 .PHONY: peer-venvs clean-peers
-peer-venvs: $(PEER_ST)/.installed $(PEER_FASTEMBED)/.installed
+peer-venvs: $(PEER_ST)/.installed $(PEER_FASTEMBED)/.installed $(PEER_OPENVINO)/.installed
 bench: peer-venvs
 clean: clean-peers
 
 # A peer's venv: $(1) the folder, $(2) what to install first (the CPU torch, so that nothing pulls
-# a CUDA build; empty for a peer without torch), $(3) the peer itself.
+# a CUDA build; empty for a peer without torch), $(3) the peer itself (one or more pinned packages).
 define peer_venv
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
 	$(if $(2),$(1)/bin/python -m pip --disable-pip-version-check install -q "$(2)")
-	$(1)/bin/python -m pip --disable-pip-version-check install -q "$(3)"
+	$(1)/bin/python -m pip --disable-pip-version-check install -q $(foreach package,$(3),"$(package)")
 	touch $@
 endef
 
@@ -96,8 +99,11 @@ $(PEER_ST)/.installed:
 $(PEER_FASTEMBED)/.installed:
 	$(call peer_venv,$(PEER_FASTEMBED),,$(PEER_FE_PKG))
 
+$(PEER_OPENVINO)/.installed:
+	$(call peer_venv,$(PEER_OPENVINO),,$(PEER_OV_PKG))
+
 $(PEER_INFINITY)/.installed:
 	$(call peer_venv,$(PEER_INFINITY),$(TORCH),$(PEER_INF_PKG))
 
 clean-peers:
-	rm -rf $(PEER_ST) $(PEER_FASTEMBED) $(PEER_INFINITY)
+	rm -rf $(PEER_ST) $(PEER_FASTEMBED) $(PEER_OPENVINO) $(PEER_INFINITY)

@@ -8,8 +8,10 @@ size by batch size, for several repeats; medians are quoted. Variants:
   card (length-sorted batches of 8); at 32 and 128 it looks for PyTorch's own best batch.
 * `onnx-fp32`, `onnx-fp16`, `onnx-int8`: this project's runtime on the CPU.
 * the peers (`bench.peers`, `--peers`, each in its own venv): `st-onnx-fp32`/`-int8`
-  (sentence-transformers' ONNX backend) and `fastembed-fp32`/`-int8`, at batch 8 and 32. They have
-  no Dense head: they embed the pooled vector, and are compared with PyTorch's pooled output.
+  (sentence-transformers' ONNX backend), `fastembed-fp32`/`-int8` and `openvino-fp32`/`-int8`
+  (OpenVINO on our encoder.onnx, int8 by NNCF; the inference precision OpenVINO picked is recorded
+  in `variant_info`), at batch 8 and 32. They have no Dense head: they embed the pooled vector, and
+  are compared with PyTorch's pooled output.
 
 With peers, it also measures them on real weights (all-mpnet-base-v2): int8 fidelity against
 PyTorch fp32 on job titles, and batch invariance, beside this project's own exports.
@@ -32,7 +34,7 @@ import numpy as np
 
 from bench import peers as peer_setup
 from bench import roofline
-from bench.artifacts import HERE, folder_mb, graph_mb, prepare_artifacts
+from bench.artifacts import HERE, folder_mb, prepare_artifacts
 from bench.machine import machine_info
 from bench.measure import batch_invariance, cosine_rows, invariance_context
 from bench.reference_model import XLMR_BASE, build_reference_model
@@ -105,6 +107,7 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
         _log(f"cold starts, repeat {repeat + 1}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in cold.items()))
 
     workers = {name: start(name) for name in variants}
+    variant_info = {name: worker.info for name, worker in workers.items() if worker.info}
     throughput: dict[str, dict[int, list[float]]] = {name: {} for name in variants}
     skills_rate: dict[str, list[float]] = {name: [] for name in variants}
     latency: dict[str, dict[str, list[float]]] = {name: {"p50_ms": [], "p99_ms": []} for name in variants}
@@ -173,7 +176,8 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
         "artifacts_reused": reuse,
         "threads": "library defaults (PyTorch: torch.get_num_threads(); onnxruntime: one per physical core)",
         "artifact_mb": {f"onnx-{p}": folder_mb(a) for p, a in artifacts.items()}
-                       | {name: graph_mb(path, file) for name, (_, path, _, file) in variants.items() if file},
+                       | {name: peer_setup.variant_mb(path, file) for name, (_, path, _, file) in variants.items()
+                          if file},
         "throughput": medians,
         "throughput_runs": {name: {str(b): v for b, v in rates.items()} for name, rates in throughput.items()},
         "skill_lists_per_second": {name: median(v) for name, v in skills_rate.items()},
@@ -181,6 +185,7 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
         "cold_start_s": {name: median(v) for name, v in cold.items()},
         "cold_start_runs": cold,
         "peak_rss_mb": peak_rss,
+        "variant_info": variant_info,
         "fidelity_vs_pytorch": fidelity,
         "fidelity_reference": fidelity_reference,
         "int8_batch_invariance_min_cosine": invariance,
@@ -210,8 +215,9 @@ def real_weights(peers: tuple[str, ...], titles: list[str], cache: Path, scratch
         except ValidationError as exc:
             failures[f"onnx-{precision}"] = f"fails validation: {exc}"
             _log(f"mpnet {precision}: {failures[f'onnx-{precision}']}")
-    if "fastembed" in peers and "fp32" not in ours:
-        raise peer_setup.PeerError("mpnet: fastembed needs this project's fp32 export, which failed.")
+    for peer in ("fastembed", "openvino"):
+        if peer in peers and "fp32" not in ours:
+            raise peer_setup.PeerError(f"mpnet: {peer} needs this project's fp32 export, which failed.")
     folders = peer_setup.prepare(peers, "mpnet", model, ours.get("fp32"), cache, peer_setup.ST_INT8_CONFIGS)
     systems = {"pytorch": ("pytorch", model, None, None)}
     systems |= {f"onnx-{p}": ("onnx", a, None, None) for p, a in ours.items()}
@@ -220,7 +226,7 @@ def real_weights(peers: tuple[str, ...], titles: list[str], cache: Path, scratch
     workload = scratch / "real-workload.json"
     workload.write_text(json.dumps({"titles": titles, "skills": []}), encoding="utf-8")
     probes, context = invariance_context(titles)
-    embeddings, invariance = {}, {}
+    embeddings, invariance, info = {}, {}, {}
     for name, (kind, path, python, file) in systems.items():
         _log(f"real weights: {name}")
         worker = Worker(kind, path, workload, python=python, file=file)
@@ -229,11 +235,13 @@ def real_weights(peers: tuple[str, ...], titles: list[str], cache: Path, scratch
         worker.ask(op="invariance", probes=probes, context=context, head=None,
                    save=str(scratch / f"real-{name}-invariance.npy"))
         worker.close()
+        info[name] = worker.info
         embeddings[name] = np.load(scratch / f"real-{name}.npy")
         alone, batched = np.load(scratch / f"real-{name}-invariance.npy")
         invariance[name] = float(cosine_rows(alone, batched).min())
     rows = {name: {**(_cosines(embeddings["pytorch"], embeddings[name]) if name != "pytorch" else {}),
-                   "batch_invariance_min_cosine": invariance[name]} for name in systems}
+                   "batch_invariance_min_cosine": invariance[name], **({"info": info[name]} if info[name] else {})}
+            for name in systems}
     rows |= {name: {"error": message} for name, message in failures.items()}
     return {"model": "all-mpnet-base-v2 (real weights; Transformer + mean Pooling, Normalize dropped for the peers)",
             "titles": len(titles), "batch": REAL_WEIGHTS_BATCH, "invariance_probes": len(probes),

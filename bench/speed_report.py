@@ -70,7 +70,18 @@ PEER_NOTES = {
                  "`TextEmbedding.add_custom_model` with mean pooling and no normalization on this project's fp32 "
                  "`encoder.onnx`; int8 = onnxruntime `quantize_dynamic` of it with the avx512_vnni settings "
                  "(int8 per-channel weights, uint8 activations, one scale per tensor).",
+    "openvino": "`openvino`: OpenVINO {openvino} (nncf {nncf}, tokenizers {tokenizers}): this project's fp32 "
+                "`encoder.onnx` converted to an IR with fp32 weights, `Core().compile_model(ir, \"CPU\")` at "
+                "OpenVINO's defaults, mean pooling in numpy; int8 = `nncf.quantize(ir, dataset, "
+                "model_type=ModelType.TRANSFORMER, subset_size=300)` calibrated on 300 of this project's built-in "
+                "calibration texts.",
 }
+
+
+def inference_precision(result: dict, name: str) -> str | None:
+    """The inference precision a variant's library reported it ran at (OpenVINO's
+    INFERENCE_PRECISION_HINT, e.g. f32 or bf16), or None where it reported none."""
+    return result.get("variant_info", {}).get(name, {}).get("inference_precision")
 
 
 def peers_note(result: dict) -> list[str]:
@@ -81,6 +92,11 @@ def peers_note(result: dict) -> list[str]:
     for peer, info in result["peers"].items():
         versions = {name: "?" for name in peer_setup.PACKAGES[peer]} | info["versions"]
         lines.append("- " + PEER_NOTES[peer].format(**versions))
+    ran = {name: inference_precision(result, name) for name in result["throughput"]}
+    if ran := {name: precision for name, precision in ran.items() if precision}:  # OpenVINO's variants only
+        lines.append("- Inference precision OpenVINO chose on this CPU (`INFERENCE_PRECISION_HINT` of the compiled "
+                     "model; bf16 where the CPU has AMX or AVX512-BF16): "
+                     + ", ".join(f"{name} {precision}" for name, precision in ran.items()) + ".")
     lines += ["- **No Dense head in the peers**: they embed the pooled 768-d vector (marked *pooled*), and their "
               "cosine is against PyTorch's pooled output (the same model without its Asym module). Ours run the "
               "anchor head (one 768×1024 matmul per title) and compare against PyTorch's anchor output; the "
@@ -118,7 +134,11 @@ def to_markdown(result: dict) -> str:
         fid_cell = f"{fid['titles']['min_cosine']:.5f} / {fid['titles']['mean_cosine']:.5f}" if fid else "reference"
         size = result["artifact_mb"].get(name, result["model"]["size_mb"])
         pooled = result.get("fidelity_reference", {}).get(name) == "pytorch-pooled"
-        label = f"{name} (batch 8 = seed recipe)" if name == "pytorch" else f"{name} (pooled)" if pooled else name
+        notes = ["pooled"] if pooled else []
+        if (precision := inference_precision(result, name)) and precision != "f32":
+            notes.append(f"{precision} inference")  # e.g. OpenVINO's fp32 IR run at bf16
+        label = f"{name} (batch 8 = seed recipe)" if name == "pytorch" else \
+            f"{name} ({', '.join(notes)})" if notes else name
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {result['skill_lists_per_second'][name]:.1f} | "
                      f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | {result['cold_start_s'][name]:.2f} | "
                      f"{result['peak_rss_mb'][name]:.0f} | {size:.0f} | {fid_cell} |")
@@ -147,6 +167,8 @@ REAL_WEIGHT_LABELS = {
     "st-onnx-int8-avx2": "sentence-transformers ONNX int8 (avx2: uint8 weights)",
     "fastembed-fp32": "fastembed fp32 (our encoder.onnx)",
     "fastembed-int8": "fastembed int8 (quantize_dynamic)",
+    "openvino-fp32": "OpenVINO fp32 (our encoder.onnx as IR)",
+    "openvino-int8": "OpenVINO int8 (NNCF post-training quantization)",
 }
 
 
@@ -161,6 +183,8 @@ def peers_markdown(result: dict) -> str:
              "| system | min cos | mean cos | batch invariance min cos |", "|---|---|---|---|"]
     for name, row in real["systems"].items():
         label = REAL_WEIGHT_LABELS.get(name, name)
+        if precision := row.get("info", {}).get("inference_precision"):
+            label += f", {precision} inference"
         if "error" in row:
             lines.append(f"| {label} | {row['error'].splitlines()[0]} | | |")
         elif name == "pytorch":

@@ -6,10 +6,12 @@ venv's python (the peers, `bench.peers`): this module imports nothing but numpy 
 library of the variant it runs, so it works in a venv without this project installed.
 
 Kinds: `pytorch` (sentence-transformers on PyTorch), `onnx` (this project's runtime),
-`st-onnx` (sentence-transformers' ONNX backend) and `fastembed` (a fastembed custom model).
+`st-onnx` (sentence-transformers' ONNX backend), `fastembed` (a fastembed custom model) and
+`openvino` (an OpenVINO IR compiled for "CPU", `tokenizers` and mean pooling in numpy).
 
-Protocol: the worker loads its model, embeds one title, prints `{"ready": <unix time>}`, then
-answers one JSON command per stdin line with one JSON line on stdout:
+Protocol: the worker loads its model, embeds one title, prints `{"ready": <unix time>}` (plus
+`"info": {...}` where the library chose settings worth reporting, e.g. OpenVINO's inference
+precision), then answers one JSON command per stdin line with one JSON line on stdout:
   {"op": "throughput", "texts": "titles"|"skills", "batch": 8, "head": "anchor", "save": PATH|null}
   {"op": "latency", "count": 200, "head": "anchor"}
   {"op": "embed", "texts": [...], "batch": 32, "head": null, "save": PATH}
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("pytorch", "onnx", "st-onnx", "fastembed")
+KINDS = ("pytorch", "onnx", "st-onnx", "fastembed", "openvino")
 
 
 def _load_pytorch(path: str, threads: int | None):
@@ -82,6 +84,54 @@ def _load_fastembed(path: str, file: str, threads: int | None):
     return encode
 
 
+def openvino_feeds(tokenizer, strip: bool, texts, names) -> dict[str, np.ndarray]:
+    """int64 `input_ids`, `attention_mask` and `token_type_ids` [batch, seq] for the encoder inputs
+    in `names`, from a `tokenizers.Tokenizer` saved with its truncation and padding
+    (`bench.peers.openvino_folder`). NNCF's calibration (`bench.peers.openvino_build`) uses it too."""
+    encodings = tokenizer.encode_batch([text.strip() if strip else text for text in texts], add_special_tokens=True)
+    feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+    return {name: array for name, array in feeds.items() if name in names}
+
+
+def _load_openvino(path: str, file: str, threads: int | None):
+    """An OpenVINO IR (`bench.peers`: this project's encoder.onnx converted, or NNCF's int8 of it)
+    compiled for "CPU" at OpenVINO's defaults (`threads`: INFERENCE_NUM_THREADS), the folder's
+    tokenizer, and mean pooling over the attention mask, no normalization. Batches are sorted by
+    length, longest first, as sentence-transformers does."""
+    import openvino as ov
+    from tokenizers import Tokenizer
+
+    folder = Path(path)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    strip = json.loads((folder / "tokenization.json").read_text(encoding="utf-8"))["strip"]
+    compiled = ov.Core().compile_model(str(folder / file), "CPU",
+                                       {"INFERENCE_NUM_THREADS": threads} if threads else {})
+    names = {port.get_any_name() for port in compiled.inputs}
+    request = compiled.create_infer_request()
+    output = compiled.output(0)  # the token embeddings
+
+    def encode(texts, batch, head):  # no heads: the peer embeds the pooled vector
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        parts = []
+        for start in range(0, len(texts), batch):
+            feeds = openvino_feeds(tokenizer, strip, [texts[i] for i in order[start:start + batch]],
+                                   names | {"attention_mask"})
+            mask = feeds["attention_mask"].astype(np.float32)[:, :, None]
+            tokens = request.infer({k: v for k, v in feeds.items() if k in names})[output]
+            parts.append((tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9))
+        pooled = np.concatenate(parts).astype(np.float32)
+        pooled[order] = pooled.copy()
+        return pooled
+
+    encode.info = {"inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                   "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+                   "threads": compiled.get_property("INFERENCE_NUM_THREADS"),
+                   "streams": compiled.get_property("NUM_STREAMS")}
+    return encode
+
+
 def _load(kind: str, path: str, threads: int | None, file: str | None):
     """An `encode(texts, batch, head)` function for the variant."""
     if kind == "pytorch":
@@ -90,6 +140,8 @@ def _load(kind: str, path: str, threads: int | None, file: str | None):
         return _load_st_onnx(path, file or "onnx/model.onnx")
     if kind == "fastembed":
         return _load_fastembed(path, file or "model.onnx", threads)
+    if kind == "openvino":
+        return _load_openvino(path, file or "fp32/model.xml", threads)
     from jobbert_onnx.runtime import Embedder
 
     embedder = Embedder(path, threads=threads)
@@ -158,9 +210,10 @@ def serve(encode, workload: dict, lines) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("path", help="model folder (pytorch, st-onnx, fastembed) or artifact folder (onnx)")
+    parser.add_argument("path", help="model folder (pytorch, st-onnx, fastembed, openvino) or artifact folder (onnx)")
     parser.add_argument("workload", help="JSON file with 'titles' and 'skills' lists")
-    parser.add_argument("--file", default=None, help="st-onnx, fastembed: the ONNX file inside the folder")
+    parser.add_argument("--file", default=None,
+                        help="st-onnx, fastembed: the ONNX file inside the folder; openvino: the IR's .xml")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--head", default="anchor")
     args = parser.parse_args()
@@ -169,14 +222,15 @@ def main() -> None:
     with open(args.workload, encoding="utf-8") as handle:
         workload = json.load(handle)
     encode(workload["titles"][:1], 1, args.head)
-    print(json.dumps({"ready": time.time()}), flush=True)
+    info = getattr(encode, "info", None)
+    print(json.dumps({"ready": time.time(), **({"info": info} if info else {})}), flush=True)
     serve(encode, workload, sys.stdin)
 
 
 # -- the driving side ---------------------------------------------------------------------------
 class Worker:
     """A `bench.worker` process run by `python` (default: this one); `started` to `ready` is its
-    cold start."""
+    cold start, and `info` what its ready line reported about the library's settings ({} if nothing)."""
 
     def __init__(self, kind: str, path: Path, workload: Path, python: str | Path | None = None,
                  file: str | None = None) -> None:
@@ -188,7 +242,9 @@ class Worker:
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         cwd=root, env=env)
-        self.cold_start_s = self._read()["ready"] - self.started
+        ready = self._read()
+        self.cold_start_s = ready["ready"] - self.started
+        self.info = ready.get("info", {})
 
     def _read(self) -> dict:
         line = self.process.stdout.readline()
