@@ -102,6 +102,7 @@ class TransformerConfig:
     model_type: str
     hidden_size: int
     weights: Path
+    num_heads: int | None = None  # attention heads, for onnxruntime's fusions (None: not fused)
 
     @classmethod
     def read(cls, folder: Path, context: ReadContext) -> "TransformerConfig":
@@ -123,9 +124,11 @@ class TransformerConfig:
         hidden = hf_config.get("hidden_size") or hf_config.get("d_model")
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise CheckpointError(f"{folder / 'config.json'}: no hidden_size.")
+        heads = hf_config.get("num_attention_heads")
+        heads = heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 and hidden % heads == 0 else None
         return cls(path=folder, max_seq_length=max_len, do_lower_case=bool(st_config.get("do_lower_case", False)),
                    model_type=str(hf_config.get("model_type", "unknown")), hidden_size=hidden,
-                   weights=_weights_file(folder, context.allow_pickle))
+                   weights=_weights_file(folder, context.allow_pickle), num_heads=heads)
 
     def build(self, tokenizer_outputs: list[str]) -> nn.Module:
         from .torch_modules import EncoderModule

@@ -12,11 +12,14 @@ and `BiasGelu`. Two settings keep the graph quantizable by `int8.py`:
   as int8 rows, and the exporter's position ids stay as exported.
 
 The attention mask stays the raw [batch, sequence] key padding mask, so no padding side is assumed.
-The result needs onnxruntime (com.microsoft ops), which is what the runtime runs.
+The result needs onnxruntime (com.microsoft ops), which is what the runtime runs. The exporter fuses
+the int8 encoder (`fuse_encoder_file`); fp32 and fp16 stay as exported, where the fusions bought
+nothing measurable (`bench/results/levers.md`, "onnxruntime.transformers fusions").
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # onnx is imported only where the step runs
@@ -56,3 +59,20 @@ def fuse_encoder(model: ModelProto, num_heads: int, hidden_size: int) -> tuple[M
                            "MatMuls; the int8 pass needs them all. Export without the fusion step.")
     counts = optimized.get_fused_operator_statistics()
     return fused, {op: counts.get(op, 0) for op in FUSED_OPS}
+
+
+def fuse_encoder_file(path: Path, num_heads: int | None, hidden_size: int) -> dict[str, object]:
+    """Replace the fp32 encoder graph at `path` by its fused form, for the int8 pass; returns
+    what was done, for the manifest. Fusing is an optimization, so when it cannot run (no head
+    count in the checkpoint's config, or a fusion that would take weight MatMuls away) the graph
+    stays as exported and the record says why."""
+    import onnx
+
+    if num_heads is None:
+        return {"fused": False, "reason": "config.json has no usable num_attention_heads"}
+    try:
+        fused, counts = fuse_encoder(onnx.load(str(path)), num_heads, hidden_size)
+    except RuntimeError as exc:
+        return {"fused": False, "reason": str(exc)}
+    onnx.save(fused, str(path), save_as_external_data=fused.ByteSize() > 2**30, location=f"{path.name}.data")
+    return {"fused": True, "fused_ops": counts}

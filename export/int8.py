@@ -11,9 +11,10 @@ ONNX ops:
 * **Per-token activations.** Each row (token) of a matmul input gets its own scale, so a token's
   numbers never depend on other rows: batch invariant by design. Symmetric rows use
   `max|x| / 127` around zero point 128; rows of one-sided inputs (GELU outputs, found by
-  calibration) use [min, max] with a zero point per row, subtracted exactly in int32. The uint8
-  rows are multiplied by int8 weights with `MatMulInteger`, and the int32 result is scaled back
-  by row scale times column scale.
+  calibration) use [min, max] with a zero point per row, whose term is subtracted after the
+  matmul. The uint8 rows are multiplied by int8 weights with com.microsoft's
+  `MatMulIntegerToFloat`, which scales the int32 result back by row scale times column scale in
+  the same node.
 * **Weights:** per output channel, symmetric, 8 bits with each pair of rows trimmed so that
   |w[2j]| + |w[2j+1]| <= 128 (`quantize_weight`). uint8 x int8 products summed in pairs would
   saturate 16 bits on AVX2 CPUs without VNNI otherwise; within that budget one artifact is exact
@@ -203,18 +204,28 @@ def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
     return best_q.astype(np.int8), best_scale.astype(np.float32)
 
 
+def _contrib(model: onnx.ModelProto) -> None:
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
 def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bits: int,
                       asymmetric: Container[str] = ()) -> None:
     """Replace the MatMuls producing `matmuls` by per-token uint8 x per-channel int8 matmuls.
 
-    Each input tensor is quantized once, however many MatMuls read it (Q, K and V share theirs):
-    at batch 1 the per-node overhead, not the arithmetic, is what these extra nodes cost.
+    Each input tensor is quantized once, however many MatMuls read it (Q, K and V share theirs),
+    and each matmul with its dequantization is one com.microsoft `MatMulIntegerToFloat`, which
+    takes the per-row activation scales and per-column weight scales: at batch 1 the per-node
+    overhead, not the arithmetic, is what extra nodes cost (`bench/results/levers.md`).
     Rows of the input tensors named in `asymmetric` map [min, max] onto 0..255 with a zero point
     per row, instead of [-max|x|, max|x|] around 128: GELU outputs are almost all >= -0.17, so
-    symmetric rows waste nearly one of their 8 bits there. It costs a few extra ops per matmul,
-    so only one-sided inputs get it (`one_sided`).
+    symmetric rows waste nearly one of their 8 bits there. The zero point's term, z * row scale x
+    the column sums of W, is subtracted after the matmul. It costs a few extra ops per matmul, so
+    only one-sided inputs get it (`one_sided`). (Shifting GELU outputs by their floor, -0.17,
+    instead of measuring each row's minimum saved nodes but no time and lost fidelity: levers.md.)
     """
     edit = _GraphEdit(model)
+    _contrib(model)
     targets = set(matmuls)
     axes_as_input = _opset(model) >= 18
     one = edit.constant("pt_one", np.array(1.0, np.float32))
@@ -235,58 +246,63 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
     def quantize_rows(x: str) -> list[onnx.NodeProto]:
         """Nodes that turn `x` into uint8 rows and one scale (and zero point) per row."""
         p = f"{x}_per_token"
-        if x not in asymmetric:
-            quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale", None)
-            return [
-                helper.make_node("Abs", [x], [f"{p}_abs"]),
-                reduce("ReduceMax", f"{p}_abs", f"{p}_max"),
-                helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
-                helper.make_node("Mul", [f"{p}_max_safe", step[False]], [f"{p}_row_scale"]),
-                helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"]),
-                helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point[False]], [f"{p}_uint8"]),
+        one_sided = x in asymmetric
+        if one_sided:
+            nodes = [
+                reduce("ReduceMax", x, f"{p}_max_raw"),
+                reduce("ReduceMin", x, f"{p}_min_raw"),
+                helper.make_node("Max", [f"{p}_max_raw", zero], [f"{p}_max_signed"]),  # zero stays exact
+                helper.make_node("Min", [f"{p}_min_raw", zero], [f"{p}_min"]),
+                helper.make_node("Sub", [f"{p}_max_signed", f"{p}_min"], [f"{p}_max"]),
             ]
-        quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale", f"{p}_row_zero_point")
-        return [
-            reduce("ReduceMax", x, f"{p}_max_raw"),
-            reduce("ReduceMin", x, f"{p}_min_raw"),
-            helper.make_node("Max", [f"{p}_max_raw", zero], [f"{p}_max"]),  # zero stays exact
-            helper.make_node("Min", [f"{p}_min_raw", zero], [f"{p}_min"]),
-            helper.make_node("Sub", [f"{p}_max", f"{p}_min"], [f"{p}_range"]),
-            helper.make_node("Max", [f"{p}_range", tiny], [f"{p}_range_safe"]),  # an all-zero row
-            helper.make_node("Mul", [f"{p}_range_safe", step[True]], [f"{p}_row_scale"]),
-            helper.make_node("Div", [f"{p}_min", f"{p}_row_scale"], [f"{p}_min_steps"]),
-            helper.make_node("Neg", [f"{p}_min_steps"], [f"{p}_zero_point_raw"]),
-            helper.make_node("Round", [f"{p}_zero_point_raw"], [f"{p}_zero_point_float"]),
-            helper.make_node("Cast", [f"{p}_zero_point_float"], [f"{p}_row_zero_point"], to=TensorProto.INT32),
-            helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_steps"]),
-            helper.make_node("Add", [f"{p}_steps", f"{p}_zero_point_float"], [f"{p}_scaled"]),
-            helper.make_node("QuantizeLinear", [f"{p}_scaled", one, zero_point[True]], [f"{p}_uint8"]),
+            source, row_zero_point = x, f"{p}_row_zero_point"
+        else:
+            nodes = [helper.make_node("Abs", [x], [f"{p}_abs"]), reduce("ReduceMax", f"{p}_abs", f"{p}_max")]
+            source, row_zero_point = x, None
+        nodes += [
+            helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
+            helper.make_node("Mul", [f"{p}_max_safe", step[one_sided]], [f"{p}_row_scale"]),
+            # One division per row, then a multiplication per element.
+            helper.make_node("Reciprocal", [f"{p}_row_scale"], [f"{p}_row_inverse"]),
+            helper.make_node("Mul", [source, f"{p}_row_inverse"], [f"{p}_steps"]),
         ]
+        scaled = f"{p}_steps"
+        if row_zero_point is not None:
+            nodes += [
+                helper.make_node("Mul", [f"{p}_min", f"{p}_row_inverse"], [f"{p}_min_steps"]),
+                helper.make_node("Neg", [f"{p}_min_steps"], [f"{p}_zero_point_raw"]),
+                helper.make_node("Round", [f"{p}_zero_point_raw"], [row_zero_point]),
+                helper.make_node("Add", [scaled, row_zero_point], [f"{p}_scaled"]),
+            ]
+            scaled = f"{p}_scaled"
+        nodes.append(helper.make_node("QuantizeLinear", [scaled, one, zero_point[one_sided]], [f"{p}_uint8"]))
+        quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale", row_zero_point)
+        return nodes
 
-    nodes = []
+    nodes, scaled_zero_points = [], set()
     for node in model.graph.node:
         if not node.output or node.output[0] not in targets:
             nodes.append(node)
             continue
+        x = node.input[0]
         quantized, weight_scale = quantize_weight(_matmul_weight(node, edit.initializers), weight_bits)
         p = node.name or node.output[0]
         w = edit.constant(f"{p}_weight_int8", quantized)
-        ws = edit.constant(f"{p}_weight_scale", weight_scale.astype(np.float32))
-        if node.input[0] not in quantized_inputs:
-            nodes += quantize_rows(node.input[0])
-        rows, row_scale, row_zero_point = quantized_inputs[node.input[0]]
-        product = f"{p}_int32"
-        nodes.append(helper.make_node("MatMulInteger", [rows, w, zero_point[row_zero_point is not None]], [product]))
-        if row_zero_point is not None:  # (q - z) @ W = q @ W - z * column sums of W, exact in int32
-            sums = edit.constant(f"{p}_weight_column_sums", quantized.sum(axis=0, dtype=np.int32))
-            nodes += [helper.make_node("Mul", [row_zero_point, sums], [f"{p}_zero_point_term"]),
-                      helper.make_node("Sub", [product, f"{p}_zero_point_term"], [f"{p}_centered"])]
-            product = f"{p}_centered"
-        nodes += [
-            helper.make_node("Cast", [product], [f"{p}_float"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [f"{p}_float", ws], [f"{p}_column_scaled"]),
-            helper.make_node("Mul", [f"{p}_column_scaled", row_scale], list(node.output)),
-        ]
+        ws = edit.constant(f"{p}_weight_scale", weight_scale)
+        if x not in quantized_inputs:
+            nodes += quantize_rows(x)
+        rows, row_scale, row_zero_point = quantized_inputs[x]
+        inputs = [rows, w, row_scale, ws, zero_point[row_zero_point is not None]]
+        product = f"{p}_uncentered" if row_zero_point is not None else node.output[0]
+        nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [product], name=p, domain="com.microsoft"))
+        if row_zero_point is not None:  # (q - z) s_r @ W s_c = q s_r @ W s_c - (z s_r) x (column sums of W s_c)
+            sums = edit.constant(f"{p}_column_sums", quantized.sum(axis=0, dtype=np.int64).astype(np.float32) * weight_scale)
+            term = f"{x}_per_token_zero_point_scaled"
+            if term not in scaled_zero_points:
+                scaled_zero_points.add(term)
+                nodes.append(helper.make_node("Mul", [row_zero_point, row_scale], [term]))
+            nodes += [helper.make_node("Mul", [term, sums], [f"{p}_zero_point_term"]),
+                      helper.make_node("Sub", [product, f"{p}_zero_point_term"], list(node.output))]
     edit.finish(nodes)
 
 

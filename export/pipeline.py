@@ -18,6 +18,7 @@ from . import graphs, int8_plans
 from .artifact import check_target, save_graph, staged_folder
 from .calibration import builtin_texts, read_texts
 from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
+from .fusion import fuse_encoder_file
 from .defaults import DEFAULT_MARGIN, DEFAULT_MIN_COSINE, DEFAULT_TOKENIZER, MIN_OPSET, PRECISIONS, TOKENIZER_CHOICES
 from .precision import UNCHANGED, Calibration, Fp16Options, Int8Options, graph_transforms
 from .probes import probe_texts
@@ -193,6 +194,10 @@ def export_model(config: ExportConfig) -> Path:
             stage = staging.artifact
             fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, staging.scratch, config.opset, done)
             encoder_transform, head_transform = graph_transforms(config.precision)
+            fusion = None
+            if isinstance(encoder_transform, Int8Options):  # fewer nodes around the int8 matmuls
+                fusion = fuse_encoder_file(fp32.folder / graphs.ENCODER_FILE, spec.transformer.num_heads,
+                                           spec.transformer.hidden_size)
             feeds = Calibration(_calibration_feeds(calibration_texts, hf_tokenizer, spec, fp32.encoder_inputs)
                                 if calibration_texts else [], scratch=staging.scratch)
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
@@ -218,6 +223,8 @@ def export_model(config: ExportConfig) -> Path:
             attempts: list[dict] = []
             for plan in plans:
                 encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, plan, feeds, external_weights=True)
+                if fusion is not None:
+                    encoder_info["fusion"] = fusion
                 if calibration_texts:
                     encoder_info["calibration_texts"] = str(config.calibration) if config.calibration else "built-in"
                 done(f"{config.precision} graphs and tokenizer" if not attempts else f"int8 plan {len(attempts) + 1}")

@@ -118,7 +118,7 @@ class Int8Options:
         int8.per_token_matmuls(model, matmuls, self.weight_bits, asymmetric)
         tables = int8.int8_embedding_tables(model, self.embedding_min_rows)
         batches = len(calibration.feeds)
-        return model, {"method": "SmoothQuant + per-token dynamic int8 MatMulInteger (jobbert_onnx.export.int8)",
+        return model, {"method": "SmoothQuant + per-token dynamic int8 MatMulIntegerToFloat (jobbert_onnx.export.int8)",
                 **asdict(self), "keep_fp32_nodes": list(self.keep_fp32_nodes),
                 "fp32_matmuls": list(self.fp32_matmuls), "int8_matmuls": len(matmuls),
                 "asymmetric_inputs": len(asymmetric),

@@ -1,7 +1,9 @@
 """The built-in probe set that export-time validation runs through both pipelines.
 
 It covers what production sees (job titles in the four JobBERT-v3 languages, skill lists
-longer than the 64-token window) and the inputs most likely to expose a tokenization or
+longer than the 64-token window), texts that fill any model's window up to 512 tokens (int8
+error grows with length and with repetition: a repetitive 200-word text cut at all-mpnet-base-v2's
+384 tokens was its worst input), and the inputs most likely to expose a tokenization or
 padding mismatch.
 """
 
@@ -32,6 +34,13 @@ SKILL_LISTS = [
     "持续集成，代码评审，性能优化，云计算，沟通能力，跨部门协作，敏捷开发，技术文档编写，系统测试",
 ]
 
+# Each is over 512 tokens for any of the supported tokenizers, so it is cut at the model's window.
+FULL_LENGTH = [
+    " ".join(["Senior software engineer with Python, SQL and cloud experience."] * 60),
+    "、".join(["高级数据分析师负责数据建模与报表开发"] * 60),
+    " ".join(SKILL_LISTS * 3),
+]
+
 EDGE_CASES = [
     "",
     "a",
@@ -45,4 +54,4 @@ EDGE_CASES = [
 
 def probe_texts() -> list[str]:
     """All probes, in a fixed order."""
-    return [*SEED_TITLES, *TITLES, *SKILL_LISTS, *EDGE_CASES]
+    return [*SEED_TITLES, *TITLES, *SKILL_LISTS, *FULL_LENGTH, *EDGE_CASES]
