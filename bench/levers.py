@@ -6,8 +6,9 @@ invariance). Writes `levers.json` and `levers.md` to `--results`. Slow (about 15
 2 cores); `make bench` does not run it.
 
 Levers: the int8 recipe, onnxruntime session settings, separate graphs against one fused graph,
-batching, onnxruntime.transformers fusions at fp32, and the int8 encoder's own kernels (profile,
-fused fp32 graph before quantization, MatMulIntegerToFloat, reciprocal row scales).
+batching, onnxruntime.transformers fusions at fp32, and the int8 graph change by change (nodes,
+one-title latency, batch-32 throughput, real-weight MPNet fidelity with full-length texts, the
+peers' quantize_dynamic recipe and MatMulNBits beside it).
 """
 
 from __future__ import annotations
@@ -183,9 +184,12 @@ def session_settings(artifacts: dict[str, Path], titles: list[str], work: Path) 
         settings |= {"1 thread": options(intra_op_num_threads=1), "no spinning": options(spinning=False),
                      "no memory arena": options(enable_cpu_mem_arena=False)}
         saved = work / f"optimized-{precision}.onnx"
-        ort.InferenceSession(str(artifact / "encoder.onnx"),
-                             options(graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                     optimized_model_filepath=str(saved)), providers=["CPUExecutionProvider"])
+        optimizing = options(graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                             optimized_model_filepath=str(saved))
+        # The weights go to a file beside it, as in the artifact (a graph over 2 GB cannot hold them).
+        optimizing.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{saved.name}.data")
+        optimizing.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(artifact / "encoder.onnx"), optimizing, providers=["CPUExecutionProvider"])
         for name, opts in settings.items():
             runner = EncoderRunner(artifact, artifact / "encoder.onnx", opts)
             rows.append({"precision": precision, "setting": name, "session_load_s": runner.load_s,
@@ -196,7 +200,9 @@ def session_settings(artifacts: dict[str, Path], titles: list[str], work: Path) 
                      "session_load_s": runner.load_s, "titles_per_s_b8": rate(runner, sample, 8),
                      "p50_ms": p50_ms(runner, sample)})
         print(json.dumps(rows[-1]), flush=True)
-        saved.unlink()
+        del runner
+        for path in (saved, work / f"{saved.name}.data"):
+            path.unlink(missing_ok=True)
     return rows
 
 
@@ -316,20 +322,28 @@ def transformer_fusions(artifacts: dict[str, Path], titles: list[str], work: Pat
     return rows
 
 
-# -- 6. closer to the metal: the int8 encoder's own kernels ---------------------------------------
-# Variants of the int8 graph. The int8.py rewrites below edit the shipped graph after
-# `Int8Options.apply`, matching the node names that `export/int8.py` writes.
-def _reciprocal_row_scale(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Div(x, row scale) over every element -> Mul(x, Reciprocal(row scale)), the division done once per row."""
-    from onnx import helper
+# -- 6. the int8 graph, change by change (issue 16) -------------------------------------------------
+def _as_before(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The shipped int8 graph in the form it had before `MatMulIntegerToFloat`: each one as
+    MatMulInteger -> Cast -> Mul(column scales) -> Mul(row scales), and each per-row
+    Reciprocal -> Mul as one full-tensor Div by the row scale. Same numbers, more nodes."""
+    from onnx import TensorProto, helper
 
+    producers = {out: node for node in model.graph.node for out in node.output}
     nodes = []
     for node in model.graph.node:
-        if node.op_type == "Div" and node.input[1].endswith("_per_token_row_scale") and node.output[0].endswith(
-                ("_per_token_scaled", "_per_token_steps")):
-            inverse = node.input[1] + "_inverse"
-            nodes += [helper.make_node("Reciprocal", [node.input[1]], [inverse]),
-                      helper.make_node("Mul", [node.input[0], inverse], list(node.output))]
+        if node.op_type == "Reciprocal":
+            continue
+        if node.op_type == "Mul" and node.input[1].endswith("_row_inverse"):
+            scale = producers[node.input[1]].input[0]
+            nodes.append(helper.make_node("Div", [node.input[0], scale], list(node.output)))
+        elif node.op_type == "MatMulIntegerToFloat":
+            a, b, row_scale, column_scale, zero_point = node.input[:5]
+            p = node.output[0]
+            nodes += [helper.make_node("MatMulInteger", [a, b, zero_point], [f"{p}_int32"]),
+                      helper.make_node("Cast", [f"{p}_int32"], [f"{p}_float"], to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [f"{p}_float", column_scale], [f"{p}_column_scaled"]),
+                      helper.make_node("Mul", [f"{p}_column_scaled", row_scale], [p])]
         else:
             nodes.append(node)
     del model.graph.node[:]
@@ -337,62 +351,46 @@ def _reciprocal_row_scale(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _matmul_integer_to_float(model: onnx.ModelProto) -> onnx.ModelProto:
-    """MatMulInteger -> Cast -> Mul(column scales) -> Mul(row scales) as one com.microsoft
-    MatMulIntegerToFloat, whose A scale may be per row ([batch, seq, 1]) and B scale per column.
-    With asymmetric rows, the zero-point term (z * row scale) x (column sums * column scales) is
-    subtracted in fp32 after it, instead of in int32 before the Cast."""
+def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelProto:
+    """Every constant-weight MatMul as com.microsoft MatMulNBits (symmetric blocks along K,
+    accuracy_level 4: activations quantized to int8 per block inside the kernel)."""
     from onnx import helper, numpy_helper
 
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    from jobbert_onnx.export import int8
+
     initializers = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, onnx.NodeProto] = {}
-    producers = {out: node for node in model.graph.node for out in node.output}
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    nodes, added = [], []
     for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, node)
-    replaced, nodes, row_terms = set(), [], set()
-    for node in model.graph.node:
-        if node.output[0] in replaced:
-            continue
-        if node.op_type != "MatMulInteger":
+        weight = int8._matmul_weight(node, initializers)
+        if weight is None:
             nodes.append(node)
             continue
-        chain = [readers[node.output[0]]]
-        while chain[-1].op_type != "Mul" or not chain[-1].input[1].endswith("_row_scale"):
-            chain.append(readers[chain[-1].output[0]])
-        replaced |= {n.output[0] for n in chain}
-        column, row = chain[-2], chain[-1]
-        centered = chain[0].op_type == "Sub"
-        product = f"{node.output[0]}_scaled" if centered else row.output[0]
-        nodes.append(helper.make_node("MatMulIntegerToFloat", [node.input[0], node.input[1], row.input[1],
-                                                               column.input[1], node.input[2]],
-                                      [product], name=node.name, domain="com.microsoft"))
-        if centered:  # (q - z) W s_r s_c = q W s_r s_c - (z s_r) (colsum(W) s_c)
-            rows = node.input[0][: -len("_uint8")]
-            term = producers[chain[0].input[1]]  # Mul(row zero points, column sums), in int32
-            replaced.add(term.output[0])
-            sums = numpy_helper.to_array(initializers[term.input[1]]).astype(np.float32)
-            scales = numpy_helper.to_array(initializers[column.input[1]])
-            model.graph.initializer.append(numpy_helper.from_array(sums * scales, f"{node.output[0]}_zero_point_columns"))
-            if rows not in row_terms:
-                row_terms.add(rows)
-                nodes.append(helper.make_node("Mul", [f"{rows}_zero_point_float", row.input[1]], [f"{rows}_zero_point_scaled"]))
-            nodes += [helper.make_node("Mul", [f"{rows}_zero_point_scaled", f"{node.output[0]}_zero_point_columns"],
-                                       [f"{node.output[0]}_zero_point_term_float"]),
-                      helper.make_node("Sub", [product, f"{node.output[0]}_zero_point_term_float"], list(row.output))]
+        k, n = weight.shape
+        blocks = weight.T.reshape(n, k // block, block)
+        scale = np.maximum(np.abs(blocks).max(axis=2), 1e-12) / (2 ** (bits - 1) - 1)
+        q = (np.clip(np.round(blocks / scale[..., None]), -2 ** (bits - 1), 2 ** (bits - 1) - 1) + 2 ** (bits - 1)).astype(np.uint8)
+        if bits == 4:
+            q = q[..., 0::2] | (q[..., 1::2] << 4)
+        p = node.output[0]
+        added += [numpy_helper.from_array(q, f"{p}_nbits"), numpy_helper.from_array(scale.astype(np.float32).ravel(), f"{p}_nbits_scale")]
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{p}_nbits", f"{p}_nbits_scale"], list(node.output),
+                                      domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=4))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {name for node in nodes for name in node.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
+    kept = [i for i in [*model.graph.initializer, *added] if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return model
 
 
-def _int8_variants(fp32: onnx.ModelProto, feeds: list, num_heads: int, hidden: int) -> dict[str, bytes]:
-    """name -> serialized int8 encoder."""
+def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, work: Path) -> dict[str, bytes]:
+    """name -> serialized encoder: the int8 graph before and after each change, the peers'
+    int8 recipe, and the MatMulNBits kernels (not kept)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from jobbert_onnx.export import int8
     from jobbert_onnx.export.fusion import fuse_encoder
     from jobbert_onnx.export.precision import Int8Options
 
@@ -401,90 +399,122 @@ def _int8_variants(fp32: onnx.ModelProto, feeds: list, num_heads: int, hidden: i
         twin.CopyFrom(model)
         return twin
 
-    shipped = Int8Options().apply(copy(fp32), feeds)[0]
-    fused = Int8Options().apply(fuse_encoder(copy(fp32), num_heads, hidden)[0], feeds)[0]
+    fp32 = onnx.load(str(artifact / "encoder.onnx"))
+    fused = fuse_encoder(copy(fp32), num_heads, hidden)[0]
+    unfused = Int8Options().apply(copy(fp32), feeds)[0]
+    peers = work / f"{artifact.name}-quantize-dynamic.onnx"
+    # sentence-transformers' avx512_vnni config, which fastembed's int8 in bench.peers uses too.
+    quantize_dynamic(str(artifact / "encoder.onnx"), str(peers), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=False)
+
+    def nbits(bits: int, block: int) -> onnx.ModelProto:
+        model = _matmul_nbits(copy(fused), bits, block)
+        int8.int8_embedding_tables(model, 1024)
+        return model
+
     variants = {
-        "shipped": shipped,
-        "reciprocal row scale": _reciprocal_row_scale(copy(shipped)),
-        "MatMulIntegerToFloat": _matmul_integer_to_float(copy(shipped)),
-        "MatMulIntegerToFloat + reciprocal": _matmul_integer_to_float(_reciprocal_row_scale(copy(shipped))),
-        "fused (fusion.py)": fused,
-        "fused + MatMulIntegerToFloat + reciprocal": _matmul_integer_to_float(_reciprocal_row_scale(copy(fused))),
+        "before: MatMulInteger + Cast + 2 Mul, Div per element, unfused": _as_before(copy(unfused)),
+        "MatMulIntegerToFloat, Reciprocal per row, unfused": unfused,
+        "+ MultiHeadAttention, SkipLayerNormalization, BiasGelu (shipped)": Int8Options().apply(copy(fused), feeds)[0],
+        "peers' int8: quantize_dynamic per-channel (fastembed, st-onnx)": onnx.load(str(peers)),
+        "MatMulNBits 8-bit, block 128, int8 compute (not kept)": nbits(8, 128),
+        "MatMulNBits 4-bit, block 32, int8 compute (not kept)": nbits(4, 32),
     }
     return {name: model.SerializeToString() for name, model in variants.items()}
 
 
-def _profile_group(event_op: str, node: onnx.NodeProto | None) -> str:
-    """The cost group of one profiled kernel (int8 roles read from export/int8.py's tensor names)."""
-    out = node.output[0] if node is not None else ""
-    first = node.input[0] if node is not None and node.input else ""
-    if "_per_token" in out:
-        return "quantize rows (row range, scale, zero point, Div, QuantizeLinear)"
-    if event_op in ("MatMulInteger", "MatMulIntegerToFloat"):
-        return f"int8 matmul ({event_op})"
-    if ((event_op == "Cast" and first.endswith(("_int32", "_centered")))
-            or (event_op == "Mul" and "_column_scaled" in out + first)
-            or out.endswith(("_centered", "_zero_point_term", "_zero_point_term_float", "_zero_point_scaled"))
-            or (event_op == "Sub" and first.endswith("_scaled"))):
-        return "dequantize (zero-point term, Cast, 2 Mul)"
-    if out.endswith("_smoothed"):
-        return "SmoothQuant Mul"
-    if event_op in ("MatMul", "FusedMatMul", "Softmax", "Transpose"):
-        return "attention (MatMul, Softmax, Transpose)"
-    if event_op in ("LayerNormalization", "SkipLayerNormalization"):
-        return "LayerNorm (" + event_op + ")"
-    if event_op in ("BiasGelu", "FastGelu", "Gelu", "Erf"):
-        return "GELU (" + event_op + ")"
-    if event_op in ("MultiHeadAttention", "Add"):
-        return {"Add": "Add (bias, residual)"}.get(event_op, event_op)
-    return "other (shapes, mask, embeddings)"
+def _paired_latency(graphs: dict[str, bytes], feeds: list[dict]) -> dict[str, list[float]]:
+    """Seconds per one-title run of each graph, the graphs taking turns on every title. Spinning
+    is off in every session here, so that one session's idle workers do not spin through the
+    next one's run; `session_settings` measures spinning itself."""
+    opts = options(spinning=False)
+    sessions = {name: ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"]) for name, graph in graphs.items()}
+    for feed in feeds[:10]:
+        for session in sessions.values():
+            session.run(None, feed)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for feed in feeds:
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def profile_groups(graph: bytes, feeds: list[dict], repeats: int) -> dict[str, float]:
-    """Microseconds per run spent in each kernel group, from onnxruntime's profiler; also the
-    whole run ("run") and the sum of kernels ("kernels")."""
+def _op_profile(graph: bytes, feeds: list[dict]) -> dict[str, float]:
+    """Microseconds per run in each op type, from onnxruntime's profiler (which inflates small ops)."""
     import os
     from collections import defaultdict
 
-    model = onnx.load_from_string(graph)
-    for node in model.graph.node:  # the profiler reports nodes by name
-        node.name = node.name or f"{node.op_type}:{node.output[0]}"
-    nodes = {n.name: n for n in model.graph.node}
-    opts = options(enable_profiling=True)
+    opts = options(enable_profiling=True, spinning=False)
     opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"jobbert-levers-profile-{os.getpid()}")
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    output = session.get_outputs()[0].name
-    for feed in feeds[:3]:  # warm-up, left out below
-        session.run([output], feed)
-    for _ in range(repeats):
-        for feed in feeds:
-            session.run([output], feed)
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    for feed in feeds[:5]:
+        session.run(None, feed)
+    for feed in feeds:
+        session.run(None, feed)
     path = Path(session.end_profiling())
     events = json.loads(path.read_text())
     path.unlink()
-    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-repeats * len(feeds):]
-    count = len(runs)
-    groups: dict[str, float] = defaultdict(float)
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-len(feeds):]
+    ops: dict[str, float] = defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= runs[0]["ts"]:
-            name = event["name"][: -len("_kernel_time")]
-            groups[_profile_group(event["args"]["op_name"], nodes.get(name))] += event["dur"] / count
-    result = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
-    return {"run": sum(r["dur"] for r in runs) / count, "kernels": sum(result.values()), **result}
+            ops[event["args"]["op_name"]] += event["dur"] / len(runs)
+    return {"run": sum(r["dur"] for r in runs) / len(runs), **dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 
-def _encoder_ops(runner: EncoderRunner, texts: list[str], batch: int) -> tuple[float, float]:
-    """Encoder operations and tokens per batch (padding included) for `runner`'s own batches of `texts`."""
-    from bench import roofline
+def int8_graph(ref: Path, mpnet: Path, titles: list[str], work: Path, repeats: int = 3) -> dict:
+    """Each change to the int8 encoder graph: nodes, one-title latency (graphs taking turns on
+    every title), batch-32 throughput, and fidelity on real all-mpnet-base-v2 weights against its
+    fp32 encoder, on titles and on texts cut at its 384-token window."""
+    from jobbert_onnx.export.probes import FULL_LENGTH
 
-    ops, tokens = 0.0, []
-    order = sorted(texts, key=lambda t: -len(t))  # as EncoderRunner batches them
-    for start in range(0, len(order), batch):
-        rows, sequence = runner.tokenizer(order[start:start + batch])["attention_mask"].shape
-        tokens.append(rows * sequence)
-        ops += rows * sequence * roofline.encoder_ops_per_token(
-            XLMR_BASE["num_hidden_layers"], XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"], sequence)
-    return ops, float(np.mean(tokens))
+    sample = titles[:512]
+    long_texts = [*FULL_LENGTH, *(" ".join(titles[i:i + 150]) for i in range(3000, 4500, 150))]
+    rows: dict[str, dict] = {}
+    # Fidelity on real weights first; MPNet's graphs are dropped before the timing.
+    fp32_runner = EncoderRunner(mpnet, mpnet / "encoder.onnx")
+    graphs = _graph_variants(mpnet, _calibration(fp32_runner), 12, 768, work)
+    reference, reference_long = fp32_runner(sample, 32), fp32_runner(long_texts, 8)
+    probes, longest = sample[:60], sorted(sample, key=len)[-31:]
+    del fp32_runner
+    for name, graph in graphs.items():
+        runner = EncoderRunner(mpnet, graph)
+        titles_cosine = cosine_rows(reference, runner(sample, 32))
+        long_cosine = cosine_rows(reference_long, runner(long_texts, 8))
+        alone = np.concatenate([runner([t], 1) for t in probes])
+        batched = np.concatenate([runner([*longest, t], 32)[-1:] for t in probes])
+        rows[name] = {"variant": name, "mpnet_min_cosine_titles": float(titles_cosine.min()),
+                      "mpnet_mean_cosine_titles": float(titles_cosine.mean()),
+                      "mpnet_min_cosine_full_length": float(long_cosine.min()),
+                      "mpnet_batch_invariance": float(cosine_rows(alone, batched).min())}
+        print(json.dumps(rows[name]), flush=True)
+    del graphs
+    # Speed on the JobBERT-v3-sized model.
+    fp32_runner = EncoderRunner(ref, ref / "encoder.onnx")
+    graphs = _graph_variants(ref, _calibration(fp32_runner), XLMR_BASE["num_attention_heads"], XLMR_BASE["hidden_size"], work)
+    one_title = [{n: t[n] for n in fp32_runner.inputs} for t in (fp32_runner.tokenizer([x]) for x in sample[:300])]
+    del fp32_runner
+    latencies: dict[str, list[float]] = {name: [] for name in graphs}
+    rates: dict[str, list[float]] = {name: [] for name in graphs}
+    runners = {name: EncoderRunner(ref, graph, options(spinning=False)) for name, graph in graphs.items()}
+    for round_ in range(repeats):
+        for name, seconds in _paired_latency(graphs, one_title).items():
+            latencies[name] += seconds
+        for name, runner in runners.items():
+            rates[name].append(rate(runner, sample[:256], 32, repeats=1))
+        print(f"round {round_ + 1}: " + json.dumps({n: round(float(np.median(latencies[n])) * 1000, 2) for n in graphs}), flush=True)
+    for name, graph in graphs.items():
+        model = onnx.load_from_string(graph)
+        rows[name] |= {"nodes": len(model.graph.node), "encoder_mb": round(model.ByteSize() / 1e6, 1),
+                       "p50_ms": float(np.median(latencies[name]) * 1000),
+                       "p99_ms": float(np.percentile(latencies[name], 99) * 1000),
+                       "titles_per_s_b32": float(np.median(rates[name]))}
+    shipped = "+ MultiHeadAttention, SkipLayerNormalization, BiasGelu (shipped)"
+    peers = "peers' int8: quantize_dynamic per-channel (fastembed, st-onnx)"
+    profiles = {name: _op_profile(graphs[name], one_title[:100]) for name in (shipped, peers)}
+    return {"variants": list(rows.values()), "profiles": profiles}
 
 
 def _calibration(runner: EncoderRunner) -> list[dict]:
@@ -492,76 +522,6 @@ def _calibration(runner: EncoderRunner) -> list[dict]:
 
     texts = builtin_texts()
     return [{n: t[n] for n in runner.inputs} for t in (runner.tokenizer(texts[i:i + 16]) for i in range(0, len(texts), 16))]
-
-
-def int8_kernels(ref: Path, minilm: Path, titles: list[str], repeats: int = 3) -> dict:
-    """Profile of the shipped int8 encoder, and variants of its kernels: speed at batch 1/8/32 on the
-    reference model (alternating, medians), fidelity against fp32 on titles and batch invariance
-    on the reference model and on all-MiniLM-L6-v2."""
-    from bench import roofline
-
-    sample, probe = titles[:512], titles[2000:2040]
-    longer = sorted(titles, key=len)[-31:]
-    rows: dict[str, dict] = {}
-    for label, artifact in (("minilm", minilm), ("reference", ref)):
-        fp32_runner = EncoderRunner(artifact, artifact / "encoder.onnx")
-        fp32 = onnx.load(str(artifact / "encoder.onnx"))
-        # all-MiniLM-L6-v2: 12 heads, hidden 384; the reference model: XLM-R base.
-        heads, hidden = (12, 384) if label == "minilm" else (XLMR_BASE["num_attention_heads"], XLMR_BASE["hidden_size"])
-        graphs = _int8_variants(fp32, _calibration(fp32_runner), heads, hidden)
-        reference = fp32_runner(sample, 32)
-        del fp32
-        for name, graph in graphs.items():
-            runner = EncoderRunner(artifact, graph)
-            cosine = cosine_rows(reference, runner(sample, 32))
-            alone = np.concatenate([runner([t], 1) for t in probe])
-            batched = np.concatenate([runner([*longer, t], 32)[-1:] for t in probe])
-            rows.setdefault(name, {"variant": name})
-            rows[name] |= {f"{label}_min_cosine": float(cosine.min()), f"{label}_mean_cosine": float(cosine.mean()),
-                           f"{label}_batch_invariance": float(cosine_rows(alone, batched).min())}
-            print(json.dumps(rows[name]), flush=True)
-        if label == "minilm":
-            continue
-        fused_fp32 = EncoderRunner(artifact, _fused_fp32(artifact, heads, hidden))
-        fused_cosine = cosine_rows(reference, fused_fp32(sample, 32))
-        del fused_fp32
-        # Speed: every variant in this process, taking turns, `repeats` rounds, medians.
-        runners = {name: EncoderRunner(artifact, graph) for name, graph in graphs.items()}
-        profile_feeds = {batch: [{n: t[n] for n in runners["shipped"].inputs}
-                                 for t in (runners["shipped"].tokenizer(sample[i:i + batch])
-                                           for i in range(0, batch * (100 if batch == 1 else 8), batch))]
-                         for batch in (1, 32)}
-        profiles = {f"{name} @{batch}": profile_groups(graphs[name], feeds, 3 if batch == 1 else 2)
-                    for name in ("shipped", "fused + MatMulIntegerToFloat + reciprocal")
-                    for batch, feeds in profile_feeds.items()}
-        timings = {name: {"p50_ms": [], "b8": [], "b32": []} for name in runners}
-        for round_ in range(repeats):
-            for name, runner in runners.items():
-                timings[name]["p50_ms"].append(p50_ms(runner, sample))
-                timings[name]["b8"].append(rate(runner, sample, 8))
-                timings[name]["b32"].append(rate(runner, sample, 32))
-            print(f"round {round_ + 1}: " + json.dumps({n: [round(v[-1], 1) for v in t.values()]
-                                                         for n, t in timings.items()}), flush=True)
-        work = {batch: _encoder_ops(runners["shipped"], sample, batch) for batch in (8, 32)}
-        ops = {batch: w[0] for batch, w in work.items()}
-        del runners
-        # The peak as bench.speed takes it: the best rate over the batches' token counts.
-        peak = max(roofline.matmul_rate("int8", int(w[1]), XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"])
-                   for w in work.values())
-        for name, t in timings.items():
-            rows[name] |= {"p50_ms": float(np.median(t["p50_ms"])), "titles_per_s_b8": float(np.median(t["b8"])),
-                           "titles_per_s_b32": float(np.median(t["b32"])),
-                           **{f"roofline_share_b{b}": ops[b] * float(np.median(t[f"b{b}"])) / len(sample) / peak
-                              for b in (8, 32)},
-                           "spread_b32": f"{min(t['b32']):.0f}-{max(t['b32']):.0f}"}
-    return {"variants": list(rows.values()), "profiles": profiles, "int8_peak_ops_per_s": peak,
-            "fused_fp32_vs_fp32": {"min_cosine": float(fused_cosine.min()), "mean_cosine": float(fused_cosine.mean())}}
-
-
-def _fused_fp32(artifact: Path, heads: int, hidden: int) -> bytes:
-    from jobbert_onnx.export.fusion import fuse_encoder
-
-    return fuse_encoder(onnx.load(str(artifact / "encoder.onnx")), heads, hidden)[0].SerializeToString()
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -581,10 +541,9 @@ def _table(rows: list[dict], columns: list[str]) -> list[str]:
 
 
 def to_markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"Levers, measured on {m['cpu']}, {m['cores']} cores, onnxruntime {m['versions'].get('onnxruntime')}; "
-             f"{result['date']}. Speed: JobBERT-v3-sized encoder (random weights); fidelity: all-MiniLM-L6-v2 "
-             "encoder against its fp32 graph on 2,000 titles.", ""]
+    lines = ["Levers. Speed: JobBERT-v3-sized encoder (random weights); fidelity: all-MiniLM-L6-v2 encoder against "
+             "its fp32 graph on 2,000 titles, unless a section says otherwise. Each section names the machine it ran "
+             "on: ratios move with the CPU (AVX2 only, or AVX-512 VNNI and AMX).", ""]
     sections = [
         ("int8 recipe", "int8_recipes", ["recipe", "minilm_min_cosine", "minilm_mean_cosine",
                                          "batch_invariance_min_cosine", "reference_encoder_mb",
@@ -598,19 +557,49 @@ def to_markdown(result: dict) -> str:
         ("onnxruntime.transformers fusions (fp32)", "transformer_fusions",
          ["graph", "titles_per_s_b8", "titles_per_s_b32", "p50_ms"]),
     ]
+    def where(key: str) -> list[str]:
+        measured = result.get("measured", {}).get(key, {"date": result["date"], "machine": result["machine"]})
+        m = measured["machine"]
+        simd = ", ".join(flag for flag, present in m.get("simd", {}).items() if present)
+        return [f"Measured {measured['date']} on {m['cpu']}, {m['cores']} cores ({simd}), onnxruntime "
+                f"{m['versions'].get('onnxruntime')}.", ""]
+
     for title, key, columns in sections:
         if key in result:
-            lines += [f"### {title}", ""] + _table(result[key], columns) + [""]
-    if "int8_kernels" in result:
-        lines += _int8_kernels_markdown(result["int8_kernels"])
+            lines += [f"### {title}", ""] + where(key) + _table(result[key], columns) + [""]
+    if "int8_graph" in result:
+        lines += _int8_graph_markdown(result["int8_graph"], where("int8_graph"))
+    if "int8_kernels" in result:  # an earlier run's section, measured on the graph before issue 16
+        lines += _int8_kernels_markdown(result["int8_kernels"], where("int8_kernels"))
     return "\n".join(lines)
 
 
-def _int8_kernels_markdown(section: dict) -> list[str]:
+def _int8_graph_markdown(section: dict, where: list[str]) -> list[str]:
+    lines = ["### the int8 graph, change by change (speed: reference model, one title and batch 32; "
+             "cosine: all-mpnet-base-v2 against its fp32 encoder)", "", *where]
+    lines += _table(section["variants"], ["variant", "nodes", "p50_ms", "p99_ms", "titles_per_s_b32", "encoder_mb",
+                                          "mpnet_min_cosine_titles", "mpnet_mean_cosine_titles",
+                                          "mpnet_min_cosine_full_length", "mpnet_batch_invariance"])
+    lines += [f"- {note}" for note in section.get("notes", [])]
+    lines += ["", "Latency: every graph in one process, taking turns on each of 300 titles, 3 rounds, spinning off in "
+              "every session (so that idle workers of one do not spin through the next one's run). Throughput: 256 "
+              "titles at batch 32, one run per round, median. MPNet: 512 titles and 13 texts cut at 384 tokens "
+              "(export/probes.py's FULL_LENGTH and runs of 150 titles); invariance: 60 titles alone against last in "
+              "a batch of the 31 longest.", "", "Profile at batch 1 (onnxruntime profiler, µs per run by op type; "
+              "the profiler inflates small ops):", ""]
+    profiles = section["profiles"]
+    ops = list(dict.fromkeys(op for profile in profiles.values() for op in profile))
+    lines += ["| op | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    lines += [f"| {op} | " + " | ".join(f"{p.get(op, 0):.0f}" for p in profiles.values()) + " |" for op in ops]
+    return lines + [""]
+
+
+def _int8_kernels_markdown(section: dict, where: list[str]) -> list[str]:
     profiles = section["profiles"]
     groups = list(dict.fromkeys(g for p in profiles.values() for g in p if g not in ("run", "kernels")))
     header = " | ".join(f"{name} µs | share" for name in profiles)
-    lines = ["### int8 encoder profile (onnxruntime profiler, reference model, µs per run)", "",
+    lines = ["### int8 encoder profile (an earlier run, on the graph before issue 16; onnxruntime profiler, "
+             "reference model, µs per run)", "", *where,
              f"| kernel group | {header} |", "|---|" + "---|---|" * len(profiles)]
     for group in groups:
         cells = " | ".join(f"{p.get(group, 0):.0f} | {p.get(group, 0) / p['kernels']:.1%}" for p in profiles.values())
@@ -651,13 +640,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from datetime import datetime, timezone
 
-    from bench.real_models import minilm_path
+    from bench.real_models import minilm_path, mpnet_path
     from jobbert_onnx.export import ExportConfig, export_model
 
     model = build_reference_model(args.cache / "reference-model", all_titles)
     artifacts = prepare_artifacts(model, args.cache, ("fp32", "int8"))
     work = Path(tempfile.mkdtemp(prefix="jobbert-levers-"))
     minilm = export_model(ExportConfig(model=str(minilm_path()), output=work / "minilm-fp32", show_progress=False))
+
+    def mpnet_fp32() -> Path:
+        return prepare_artifacts(mpnet_path(), args.cache, ("fp32",), name="mpnet")["fp32"]
     # --only re-measures some sections and keeps the others from the last run.
     previous = args.results / "levers.json"
     result = json.loads(previous.read_text(encoding="utf-8")) if args.only and previous.exists() else {}
@@ -668,13 +660,16 @@ def main(argv: list[str] | None = None) -> int:
         "separate_vs_fused": lambda: separate_vs_fused(artifacts, all_titles),
         "batching": lambda: batching(artifacts, all_titles, skill_lists(all_titles, 64)),
         "transformer_fusions": lambda: transformer_fusions(artifacts, all_titles, work),
-        "int8_kernels": lambda: int8_kernels(artifacts["fp32"], minilm, all_titles),
+        "int8_graph": lambda: int8_graph(artifacts["fp32"], mpnet_fp32(), all_titles, work),
     }
     for name, run in sections.items():
         if args.only and name not in args.only:
             continue
         print(f"[levers] {name}", file=sys.stderr, flush=True)
         result[name] = run()
+        # --only keeps earlier sections, so each says where and when it was measured.
+        result.setdefault("measured", {})[name] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                                   "machine": machine_info()}
     shutil.rmtree(work, ignore_errors=True)
     write_atomically(args.results / "levers.json", json.dumps(result, indent=2) + "\n")
     write_atomically(args.results / "levers.md", to_markdown(result))
