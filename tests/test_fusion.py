@@ -53,3 +53,22 @@ def test_int8_of_the_fused_encoder_is_batch_invariant(exported, job_titles):
     alone = np.concatenate([_encode(quantized, _feed(artifact, [t])) for t in probe])
     batched = np.concatenate([_encode(quantized, _feed(artifact, [*longest, t]))[-1:] for t in probe])
     assert cosine_rows(alone, batched).min() > 0.9999
+
+
+def test_an_encoder_the_fusion_cannot_handle_is_exported_unfused(tmp_path, monkeypatch):
+    """Fusing is an optimization: when it fails, the graph file stays as exported and the
+    manifest's record says why, instead of the export failing."""
+    from jobbert_onnx.export import fusion
+
+    path = tmp_path / "encoder.onnx"
+    path.write_bytes(b"as exported")
+    assert fusion.fuse_encoder_file(path, None, 768) == {"fused": False,
+                                                        "reason": "config.json has no usable num_attention_heads"}
+
+    def broken(model, num_heads, hidden_size):
+        raise ValueError("unexpected pattern")
+
+    monkeypatch.setattr(fusion, "fuse_encoder", broken)
+    monkeypatch.setattr(onnx, "load", lambda _: onnx.ModelProto())
+    assert fusion.fuse_encoder_file(path, 12, 768) == {"fused": False, "reason": "ValueError: unexpected pattern"}
+    assert path.read_bytes() == b"as exported"
