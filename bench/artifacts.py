@@ -69,6 +69,8 @@ def folder_mb(path: Path) -> float:
 
 
 def graph_mb(folder: Path, file: str) -> float:
-    """Size of one ONNX file in `folder` and its external data, if any (MB)."""
+    """Size of one model file in `folder` with its weights (MB): an ONNX graph and its external
+    data, or an OpenVINO IR's `.xml` and `.bin`."""
     path = Path(folder) / file
-    return round(sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file()) / 1e6, 1)
+    names = [path.name + "*"] + ([path.with_suffix(".bin").name] if path.suffix == ".xml" else [])
+    return round(sum(f.stat().st_size for name in names for f in path.parent.glob(name) if f.is_file()) / 1e6, 1)

@@ -233,14 +233,6 @@ def openvino_build(folder: Path, onnx: Path, subset_size: int = OPENVINO_SUBSET_
     ov.save_model(quantized, str(folder / OPENVINO_INT8_FILE), compress_to_fp16=False)
 
 
-def variant_mb(folder: Path, file: str) -> float:
-    """Size of a peer variant's model file with its weights (MB): an ONNX graph and its external
-    data, or an OpenVINO IR's `.xml` and `.bin`."""
-    path = Path(folder) / file
-    names = [path.name + "*"] + ([path.with_suffix(".bin").name] if path.suffix == ".xml" else [])
-    return round(sum(f.stat().st_size for name in names for f in path.parent.glob(name) if f.is_file()) / 1e6, 1)
-
-
 def quantize_like_st(source: Path, target: Path) -> None:
     """onnxruntime's `quantize_dynamic` with sentence-transformers' avx512_vnni settings: int8
     symmetric per-channel weights, uint8 activations with one dynamic scale per tensor, full range."""

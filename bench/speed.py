@@ -34,7 +34,7 @@ import numpy as np
 
 from bench import peers as peer_setup
 from bench import roofline
-from bench.artifacts import HERE, folder_mb, prepare_artifacts
+from bench.artifacts import HERE, folder_mb, graph_mb, prepare_artifacts
 from bench.machine import machine_info
 from bench.measure import batch_invariance, cosine_rows, invariance_context
 from bench.reference_model import XLMR_BASE, build_reference_model
@@ -176,7 +176,7 @@ def run_speed(data: Path, cache: Path, repeats: int, n_titles: int, n_skills: in
         "artifacts_reused": reuse,
         "threads": "library defaults (PyTorch: torch.get_num_threads(); onnxruntime: one per physical core)",
         "artifact_mb": {f"onnx-{p}": folder_mb(a) for p, a in artifacts.items()}
-                       | {name: peer_setup.variant_mb(path, file) for name, (_, path, _, file) in variants.items()
+                       | {name: graph_mb(path, file) for name, (_, path, _, file) in variants.items()
                           if file},
         "throughput": medians,
         "throughput_runs": {name: {str(b): v for b, v in rates.items()} for name, rates in throughput.items()},

@@ -13,6 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from bench import peers, speed_report
+from bench.artifacts import graph_mb
 from bench.worker import KINDS, Worker, openvino_feeds
 from tests import toy_artifact
 
@@ -94,14 +95,14 @@ def test_openvino_folder_tokenizes_like_the_runtime(artifact: Path, tmp_path: Pa
     assert embedder.tokenize(texts) == expected  # the runtime, on the same artifact
 
 
-def test_variant_mb_counts_weights_beside_the_graph(tmp_path: Path) -> None:
+def test_graph_mb_counts_weights_beside_the_graph(tmp_path: Path) -> None:
     (tmp_path / "fp32").mkdir()
     (tmp_path / "fp32" / "model.xml").write_bytes(b"x" * 200_000)
     (tmp_path / "fp32" / "model.bin").write_bytes(b"x" * 1_000_000)
     (tmp_path / "encoder.onnx").write_bytes(b"x" * 100_000)
     (tmp_path / "encoder.onnx.data").write_bytes(b"x" * 2_000_000)
-    assert peers.variant_mb(tmp_path, "fp32/model.xml") == 1.2
-    assert peers.variant_mb(tmp_path, "encoder.onnx") == 2.1
+    assert graph_mb(tmp_path, "fp32/model.xml") == 1.2
+    assert graph_mb(tmp_path, "encoder.onnx") == 2.1
 
 
 def test_report_says_which_precision_openvino_ran() -> None:
