@@ -359,7 +359,7 @@ def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelPr
     from jobbert_onnx.export import int8
 
     initializers = {i.name: i for i in model.graph.initializer}
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    int8._contrib(model)  # the fused graph already imports com.microsoft
     nodes, added = [], []
     for node in model.graph.node:
         weight = int8._matmul_weight(node, initializers)
@@ -423,12 +423,8 @@ def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, wo
     return {name: model.SerializeToString() for name, model in variants.items()}
 
 
-def _paired_latency(graphs: dict[str, bytes], feeds: list[dict]) -> dict[str, list[float]]:
-    """Seconds per one-title run of each graph, the graphs taking turns on every title. Spinning
-    is off in every session here, so that one session's idle workers do not spin through the
-    next one's run; `session_settings` measures spinning itself."""
-    opts = options(spinning=False)
-    sessions = {name: ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"]) for name, graph in graphs.items()}
+def _paired_latency(sessions: dict[str, ort.InferenceSession], feeds: list[dict]) -> dict[str, list[float]]:
+    """Seconds per one-title run of each session, the sessions taking turns on every title."""
     for feed in feeds[:10]:
         for session in sessions.values():
             session.run(None, feed)
@@ -498,9 +494,11 @@ def int8_graph(ref: Path, mpnet: Path, titles: list[str], work: Path, repeats: i
     del fp32_runner
     latencies: dict[str, list[float]] = {name: [] for name in graphs}
     rates: dict[str, list[float]] = {name: [] for name in graphs}
+    # Spinning is off in every session, so that one session's idle workers do not spin through the
+    # next one's run; `session_settings` measures spinning itself.
     runners = {name: EncoderRunner(ref, graph, options(spinning=False)) for name, graph in graphs.items()}
     for round_ in range(repeats):
-        for name, seconds in _paired_latency(graphs, one_title).items():
+        for name, seconds in _paired_latency({n: r.session for n, r in runners.items()}, one_title).items():
             latencies[name] += seconds
         for name, runner in runners.items():
             rates[name].append(rate(runner, sample[:256], 32, repeats=1))

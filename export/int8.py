@@ -255,16 +255,16 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
                 helper.make_node("Min", [f"{p}_min_raw", zero], [f"{p}_min"]),
                 helper.make_node("Sub", [f"{p}_max_signed", f"{p}_min"], [f"{p}_max"]),
             ]
-            source, row_zero_point = x, f"{p}_row_zero_point"
+            row_zero_point = f"{p}_row_zero_point"
         else:
             nodes = [helper.make_node("Abs", [x], [f"{p}_abs"]), reduce("ReduceMax", f"{p}_abs", f"{p}_max")]
-            source, row_zero_point = x, None
+            row_zero_point = None
         nodes += [
             helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
             helper.make_node("Mul", [f"{p}_max_safe", step[one_sided]], [f"{p}_row_scale"]),
             # One division per row, then a multiplication per element.
             helper.make_node("Reciprocal", [f"{p}_row_scale"], [f"{p}_row_inverse"]),
-            helper.make_node("Mul", [source, f"{p}_row_inverse"], [f"{p}_steps"]),
+            helper.make_node("Mul", [x, f"{p}_row_inverse"], [f"{p}_steps"]),
         ]
         scaled = f"{p}_steps"
         if row_zero_point is not None:

@@ -18,8 +18,8 @@ from . import graphs, int8_plans
 from .artifact import check_target, save_graph, staged_folder
 from .calibration import builtin_texts, read_texts
 from .checkpoint import CheckpointError, CheckpointSpec, read_checkpoint
-from .fusion import fuse_encoder_file
 from .defaults import DEFAULT_MARGIN, DEFAULT_MIN_COSINE, DEFAULT_TOKENIZER, MIN_OPSET, PRECISIONS, TOKENIZER_CHOICES
+from .fusion import fuse_encoder_file
 from .precision import UNCHANGED, Calibration, Fp16Options, Int8Options, graph_transforms
 from .probes import probe_texts
 from .source import resolve_source
