@@ -3,6 +3,7 @@
 Needs the `[batch]` extra (pyarrow); the Ray engine needs `[ray]` (ray[data]).
 
 - `embed_dataset`: the whole job, on the local engine (streaming, resumable) or on Ray Data.
+- `DatasetSettings`: its settings, one frozen dataclass (the `embed-dataset` flags come from it).
 - `TableEmbedder`: the engine-neutral piece both engines use: an Arrow table of texts in, a
   table of ids and embeddings out.
 
@@ -11,8 +12,8 @@ Names are imported on first use, so that `jobbert-onnx --help` works without pya
 
 from jobbert_onnx.lazy import lazy_exports
 
-_HOMES = {"embed_dataset": ".api", "OutputFolderError": ".output", "BadRowError": ".table",
-          "InputError": ".table", "TableEmbedder": ".table", "artifact_sha256": ".table"}
+_HOMES = {"embed_dataset": ".api", "DatasetSettings": ".defaults", "OutputFolderError": ".output",
+          "BadRowError": ".table", "InputError": ".table", "TableEmbedder": ".table", "artifact_sha256": ".table"}
 __all__ = sorted(_HOMES)
 
 __getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobbert_onnx.runtime import Embedder, Manifest, UnknownHeadError
 
+from .defaults import DatasetSettings
 from .inputs import InputFiles, resolve_input
 from .output import OutputFolder
-from .defaults import BAD_ROW_POLICIES, DEFAULT_BATCH_ROWS, DEFAULT_CACHE_MB, DEFAULT_MAX_ROW_MB, ENGINES, check_numbers
 from .table import TableEmbedder, artifact_sha256
 
 if TYPE_CHECKING:
@@ -21,26 +23,10 @@ def embed_dataset(
     artifact: str | os.PathLike | Embedder,
     input: str | os.PathLike,
     output: str | os.PathLike,
+    settings: DatasetSettings | None = None,
     *,
-    text_column: str = "text",
-    id_column: str | None = None,
-    head: str | None = None,
-    normalize: bool = False,
-    prompt_name: str | None = None,
-    engine: str = "local",
-    workers: int = 1,
-    threads: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    batch_size: int = 32,
-    device: str = "cpu",
-    on_bad_row: str = "fail",
-    input_format: str | None = None,
-    cache_mb: float = DEFAULT_CACHE_MB,
-    max_row_mb: float = DEFAULT_MAX_ROW_MB,
-    ray_address: str | None = None,
-    show_progress: bool = True,
-    dedup: bool = True,
     ray_udf: type[RayEmbedBatches] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Embed `text_column` of every row of `input` into the Parquet dataset `output`; return the summary.
 
@@ -51,60 +37,38 @@ def embed_dataset(
         output: the output folder (local or URL). Started again, a run resumes where it stopped;
             a finished run returns its summary and writes nothing. It may lie inside an input
             folder (it is not read as input); one run at a time writes it (a lock, on local disks).
-        text_column, id_column: the columns to read. Without `id_column` the output's `row` column
-            holds the input row number (local engine only: Ray needs ids).
-        head, normalize, prompt_name, batch_size, device: as in `Embedder` and `Embedder.encode`.
-        engine: 'local' (one process, streaming) or 'ray' (Ray Data, `workers` actors).
-        workers: Ray actors, each with one `Embedder`. threads: onnxruntime threads per Embedder
-            (local default: onnxruntime's, one per core; Ray default: 1, matching each actor's num_cpus).
-        batch_rows: rows per output file and per batch; also the resume granularity.
-        on_bad_row: 'fail' stops at the first bad row with its id and the reason; 'skip' writes
-            bad rows to OUTPUT/_rejects.parquet. A null id, an id that an earlier row has (the
-            first row with it is kept), and a malformed JSON line are bad rows too.
-        input_format: 'parquet', 'csv' or 'json' when the file names do not say.
-        cache_mb: embeddings of recent texts kept across batches (0: none).
-        max_row_mb: CSV and JSON are read in blocks of this size: the longest row must fit in one.
-        ray_address: a running Ray cluster ('auto', 'ray://host:10001'); None starts Ray here
-            unless it is already running in this process.
-        dedup: embed each distinct text of a batch once (False only to measure what it saves).
+        settings: a `DatasetSettings` (default: all defaults), to which `changes` apply.
         ray_udf: a subclass of `RayEmbedBatches` to run instead of it.
+        **changes: any field of `DatasetSettings`, by name: `text_column`, `id_column`, `head`,
+            `normalize`, `prompt_name`, `engine`, `workers`, `threads`, `batch_rows`, `batch_size`,
+            `device`, `on_bad_row`, `input_format`, `cache_mb`, `max_row_mb`, `ray_address`,
+            `show_progress`, `dedup` (each field says what it is, its default and what it allows;
+            docs/datasets.md lists them). A value that cannot work raises ValueError naming the
+            setting and the value, before anything is read.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r}: must be one of {', '.join(ENGINES)}.")
-    if on_bad_row not in BAD_ROW_POLICIES:
-        raise ValueError(f"on_bad_row={on_bad_row!r}: must be one of {', '.join(BAD_ROW_POLICIES)}.")
-    check_numbers({"workers": workers, "threads": threads, "batch_rows": batch_rows, "batch_size": batch_size,
-                   "cache_mb": cache_mb, "max_row_mb": max_row_mb})
-    if engine == "local" and workers != 1:
-        raise ValueError("workers applies to the Ray engine; the local engine is one process (set threads).")
-    if engine == "ray":
-        if id_column is None:
-            raise ValueError("the Ray engine needs an id column (--id-column): its workers read the files in "
-                             "parallel, so there is no input row number, and Ray Data's checkpoint is keyed by id.")
-        if isinstance(artifact, Embedder):
-            raise TypeError("the Ray engine loads the artifact in each actor: pass its folder, not an Embedder.")
+    settings = (settings or DatasetSettings()).replace(**changes)
+    settings.check()
+    if settings.engine == "ray" and isinstance(artifact, Embedder):
+        raise TypeError("the Ray engine loads the artifact in each actor: pass its folder, not an Embedder.")
 
     folder = Path(artifact.path if isinstance(artifact, Embedder) else artifact)
     manifest = artifact.manifest if isinstance(artifact, Embedder) else Manifest.load(folder)
-    head = head if head is not None else manifest.default_head
+    head = settings.head if settings.head is not None else manifest.default_head
     if head not in manifest.heads:
         raise UnknownHeadError.naming(head, manifest.heads)
     out = OutputFolder(os.fspath(output))
     # The output folder is left out of the input: it may lie in the input folder.
-    inputs = resolve_input(os.fspath(input), input_format, block_bytes=int(max_row_mb * 2**20),
+    inputs = resolve_input(os.fspath(input), settings.input_format, block_bytes=int(settings.max_row_mb * 2**20),
                            output=(out.filesystem, out.path))
     run_record = {
         "artifact_sha256": artifact_sha256(folder),
-        "head": head,
-        "normalize": bool(normalize),
-        # the prompt the Embedder prepends: the one asked for, else the model's default
-        "prompt_name": prompt_name if prompt_name is not None else manifest.default_prompt_name,
         "dimension": manifest.heads[head].dimension,
-        "engine": engine,
-        "text_column": text_column,
-        "id_column": id_column,
-        "rows_per_shard": batch_rows if engine == "local" else None,
-        "input_format": inputs.format,
+        # as this run resolves them: the prompt the Embedder prepends (the one asked for, else the
+        # model's default), the input's format, and shards only on the local engine (Ray names its files)
+        **settings.resume_record(
+            head=head, input_format=inputs.format,
+            prompt_name=settings.prompt_name if settings.prompt_name is not None else manifest.default_prompt_name,
+            batch_rows=settings.batch_rows if settings.engine == "local" else None),
         "input": inputs.spec,
         "input_files": inputs.fingerprint(),
     }
@@ -112,26 +76,39 @@ def embed_dataset(
     if finished is not None:
         return finished
     try:
-        return _run(artifact, folder, inputs, out, engine=engine, settings={
-            "text_column": text_column, "id_column": id_column, "head": head, "normalize": bool(normalize),
-            "batch_size": batch_size, "on_bad_row": on_bad_row, "cache_mb": cache_mb, "dedup": dedup,
-            "prompt_name": prompt_name}, workers=workers, threads=threads, batch_rows=batch_rows, device=device,
-            ray_address=ray_address, show_progress=show_progress, ray_udf=ray_udf)
+        return _run(artifact, folder, inputs, out, settings, head, ray_udf)
     finally:
         out.close()  # the folder's lock
 
 
-def _run(artifact: str | os.PathLike | Embedder, folder: Path, inputs: InputFiles, out: OutputFolder, *, engine: str,
-         settings: dict[str, Any], workers: int, threads: int | None, batch_rows: int, device: str,
-         ray_address: str | None, show_progress: bool, ray_udf: type[RayEmbedBatches] | None) -> dict[str, Any]:
+# `help(embed_dataset)` and editors that read signatures at run time list every setting, with its
+# type and default, as keyword-only parameters (the call takes them through **changes).
+embed_dataset.__signature__ = inspect.signature(embed_dataset).replace(parameters=[
+    *list(inspect.signature(embed_dataset).parameters.values())[:-1],
+    *(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default, annotation=item.type)
+      for item in fields(DatasetSettings))])
+
+
+def table_arguments(settings: DatasetSettings, head: str) -> dict[str, Any]:
+    """`TableEmbedder`'s keyword arguments: the settings it takes, by name, and the resolved head."""
+    names = inspect.signature(TableEmbedder).parameters
+    return {**{item.name: getattr(settings, item.name) for item in fields(settings) if item.name in names},
+            "head": head}
+
+
+def _run(artifact: str | os.PathLike | Embedder, folder: Path, inputs: InputFiles, out: OutputFolder,
+         settings: DatasetSettings, head: str, ray_udf: type[RayEmbedBatches] | None) -> dict[str, Any]:
     """Run the checked job on its engine, `out` opened (and locked)."""
-    if engine == "ray":
+    if settings.engine == "ray":
         from . import ray_engine
 
-        return ray_engine.run(settings, str(folder.resolve()), inputs, out, workers=workers, threads=threads or 1,
-                              batch_rows=batch_rows, device=device, ray_address=ray_address,
-                              show_progress=show_progress, udf=ray_udf or ray_engine.RayEmbedBatches)
+        return ray_engine.run(table_arguments(settings, head), str(folder.resolve()), inputs, out,
+                              workers=settings.workers, threads=settings.threads or 1, batch_rows=settings.batch_rows,
+                              device=settings.device, ray_address=settings.ray_address,
+                              show_progress=settings.show_progress, udf=ray_udf or ray_engine.RayEmbedBatches)
     from . import local
 
-    embedder = artifact if isinstance(artifact, Embedder) else Embedder(folder, device=device, threads=threads)
-    return local.run(TableEmbedder(embedder, **settings), inputs, out, batch_rows, show_progress)
+    embedder = (artifact if isinstance(artifact, Embedder)
+                else Embedder(folder, device=settings.device, threads=settings.threads))
+    return local.run(TableEmbedder(embedder, **table_arguments(settings, head)), inputs, out, settings.batch_rows,
+                     settings.show_progress)

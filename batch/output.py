@@ -37,6 +37,7 @@ from jobbert_onnx.runtime import JobbertOnnxError
 from jobbert_onnx.runtime.files import atomic_file
 
 from . import filesystems
+from .defaults import SAME_EMBEDDINGS, SAME_RUN, record_flag, resume_keys
 from .table import EMBEDDING_COLUMN, META_STATS, REASON_COLUMN, BatchStats
 
 RUN_FILE = "_run.json"
@@ -50,9 +51,10 @@ _SHARD = re.compile(r"part-(\d{6})\.parquet\Z")
 # The files this package writes into OUTPUT/_rejects/: local shards' parts, Ray batches' parts, and
 # the temporary files of an interrupted write. Nothing else there is deleted.
 _REJECT_PART = re.compile(r"(part-\d{6}|ray-[0-9a-f]{32})\.parquet\Z|\..+\.partial\Z")
-# What must match for a run to add to an existing folder, and what to tell the user if not.
-_SAME_EMBEDDINGS = ("artifact_sha256", "head", "normalize", "prompt_name", "dimension")
-_SAME_RUN = ("engine", "text_column", "id_column", "rows_per_shard", "input_format")
+# What must match for a run to add to an existing folder (the settings' own declarations, in
+# `batch.defaults`, and what the artifact decides), and what to tell the user if not.
+_SAME_EMBEDDINGS = ("artifact_sha256", *resume_keys(SAME_EMBEDDINGS), "dimension")
+_SAME_RUN = resume_keys(SAME_RUN)
 
 
 def parquet_options(columns: list[str]) -> dict[str, Any]:
@@ -185,9 +187,9 @@ class OutputFolder:
                     f"{run.get(key)!r}; refusing to mix them in one dataset. Write to a new folder, or delete it.")
         for key in _SAME_RUN:
             if previous.get(key) != run.get(key):
-                hint = {"engine": f"resume with --engine {previous.get(key)}",
-                        "rows_per_shard": f"resume with --batch-rows {previous.get(key)}"}.get(key, "resume with the same")
-                raise OutputFolderError(f"{self.uri} was started with {key} {previous.get(key)!r}, this run has "
+                was = previous.get(key)
+                hint = f"resume without {record_flag(key)}" if was is None else f"resume with {record_flag(key)} {was}"
+                raise OutputFolderError(f"{self.uri} was started with {key} {was!r}, this run has "
                                         f"{run.get(key)!r}: {hint}, or write to a new folder.")
         old = {f["path"]: f for f in previous.get("input_files", [])}
         new = {f["path"]: f for f in run.get("input_files", [])}

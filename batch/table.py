@@ -30,7 +30,7 @@ from jobbert_onnx.runtime.cache import EmbeddingCache
 from jobbert_onnx.runtime.manifest import MANIFEST_NAME, sha256_of
 from jobbert_onnx.runtime.prepared import PreparedTexts
 
-from .defaults import BAD_ROW_POLICIES, DEFAULT_CACHE_MB
+from .defaults import DatasetSettings, check_values
 
 if TYPE_CHECKING:
     from jobbert_onnx.runtime import Embedder
@@ -113,6 +113,7 @@ class TableEmbedder:
             in `EmbeddedBatch.rejects`.
         cache_mb: size of the cache of embeddings across batches (0: none).
         dedup: embed each distinct text of a batch once (False only to measure what it saves).
+    Defaults and allowed values are those of `DatasetSettings` (batch.defaults).
     """
 
     def __init__(
@@ -122,15 +123,14 @@ class TableEmbedder:
         text_column: str,
         id_column: str | None = None,
         head: str | None = None,
-        normalize: bool = False,
-        batch_size: int = 32,
-        on_bad_row: str = "fail",
-        cache_mb: float = DEFAULT_CACHE_MB,
-        dedup: bool = True,
+        normalize: bool = DatasetSettings.normalize,
+        batch_size: int = DatasetSettings.batch_size,
+        on_bad_row: str = DatasetSettings.on_bad_row,
+        cache_mb: float = DatasetSettings.cache_mb,
+        dedup: bool = DatasetSettings.dedup,
         prompt_name: str | None = None,
     ) -> None:
-        if on_bad_row not in BAD_ROW_POLICIES:
-            raise ValueError(f"on_bad_row={on_bad_row!r}: must be one of {', '.join(BAD_ROW_POLICIES)}.")
+        check_values({"batch_size": batch_size, "on_bad_row": on_bad_row, "cache_mb": cache_mb})
         self.embedder = embedder
         self.text_column = text_column
         self.id_column = id_column
