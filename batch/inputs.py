@@ -1,5 +1,8 @@
 """Input datasets: Parquet, CSV and JSON-lines files, folders of them and globs, local or URLs.
 
+What a file of texts is (its format by name, the JSON-line rule) and the error (`InputError`) are
+those of `embed --input`, in `jobbert_onnx.embed_files`; this module streams them with pyarrow.
+
 `resolve_input` turns what the user typed into a sorted list of files of one format; the
 local engine then streams them in record batches (`InputFiles.pieces`), file after file, so
 rows are numbered in that order and never all held at once. The Ray engine hands the same
@@ -9,7 +12,6 @@ file list to `ray.data.read_*`.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -23,14 +25,12 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from jobbert_onnx.embed_files import InputError, format_of, json_object
+
 from . import filesystems
 from .defaults import INPUT_FORMATS
-from .table import KNOWN_BAD_COLUMN, InputError
+from .table import KNOWN_BAD_COLUMN
 
-SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json",
-            ".json": "json"}
-# pyarrow reads CSV and JSON compressed with these (detected from the suffix).
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # CSV and JSON are read in blocks of this size by default (`--max-row-mb`: a row must fit in one),
 # a fixed number of them ahead of the consumer: about 40 MB at most, whatever the file's size.
@@ -204,12 +204,10 @@ def _parse_json_block(data: bytes, path: str, first_line: int, wanted: list[str]
         if not text.strip(b" \t\r"):
             continue
         try:
-            record = json.loads(text)
-            reason = None if isinstance(record, dict) else f"{path}:{number}: not a JSON object"
-        except RecursionError:
-            reason = f"{path}:{number}: not valid JSON (nested too deeply)"
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            reason = f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', None) or exc})"
+            json_object(text, f"{path}:{number}")  # the rule `embed` reads JSON lines by
+            reason = None
+        except InputError as exc:
+            reason = str(exc)
         reasons.append(reason)
         if reason is None:
             good.append(text)
@@ -236,17 +234,6 @@ def _cast_ids(table: pa.Table, id_column: str, id_type: pa.DataType, path: str) 
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise InputError(f"{path}: ids of type {column.type} do not convert to {id_type}, the id type of the "
                          f"first file; give every file the same id type.") from None
-
-
-def format_of(path: str) -> str | None:
-    """The format a file name says ('data.csv.gz' -> 'csv'), or None."""
-    name = path.rsplit("/", 1)[-1].lower()
-    for suffix in COMPRESSION_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    dot = name.rfind(".")
-    return SUFFIXES.get(name[dot:]) if dot >= 0 else None
 
 
 def _hidden(relative: str) -> bool:

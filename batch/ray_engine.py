@@ -99,7 +99,7 @@ def _our_error(exc: BaseException) -> BaseException | None:
         if type(e) in (BadRowError, InputError):
             return e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    found = re.search(r"jobbert_onnx\.batch\.table\.(BadRowError|InputError): (.+)", str(exc))
+    found = re.search(r"jobbert_onnx\.(?:batch\.table|embed_files)\.(BadRowError|InputError): (.+)", str(exc))
     if found is None:
         return None
     return {"BadRowError": BadRowError, "InputError": InputError}[found.group(1)](found.group(2).strip())

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobbert_onnx.embed_files import InputError  # the one error of unreadable input, `embed`'s too
 from jobbert_onnx.runtime import JobbertOnnxError, TextTooLongError, unit_rows
 from jobbert_onnx.runtime.cache import EmbeddingCache
 from jobbert_onnx.runtime.manifest import MANIFEST_NAME, sha256_of
@@ -59,10 +60,6 @@ class BadRowError(JobbertOnnxError):
     """A row that cannot be embedded: a null or non-string text, a null or repeated id, a missing
     text column, a malformed JSON line, or a text the runtime refuses (`TextTooLongError`: too long,
     and no cut is proven safe)."""
-
-
-class InputError(JobbertOnnxError):
-    """An input that cannot be read as rows of texts; the message names it and says why."""
 
 
 def artifact_sha256(artifact: str | Path) -> str:

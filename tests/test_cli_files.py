@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobbert_onnx import embed_files
 from jobbert_onnx.artifact_summary import summary_lines
 from jobbert_onnx.cli import main
-from jobbert_onnx.embed_files import InputFileError, OutputFileError, read_texts, write_embeddings
+from jobbert_onnx.embed_files import InputError, OutputFileError, read_texts, write_embeddings
 from jobbert_onnx.runtime import Embedder, Manifest
 
 
@@ -105,14 +106,14 @@ def test_txt_drops_a_byte_order_mark(tmp_path: Path) -> None:
 def test_txt_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"ok\n" * 5000 + "Müller\n".encode("latin-1"))
-    with pytest.raises(InputFileError, match=r"latin1\.txt:5001: .*UTF-8"):
+    with pytest.raises(InputError, match=r"latin1\.txt:5001: .*UTF-8"):
         read_texts(path)
 
 
 def test_txt_refuses_a_column(tmp_path: Path) -> None:
     path = tmp_path / "texts.txt"
     path.write_text("a\n", encoding="utf-8")
-    with pytest.raises(InputFileError, match="--column"):
+    with pytest.raises(InputError, match="--column"):
         read_texts(path, "title")
 
 
@@ -132,14 +133,14 @@ def test_csv_with_a_byte_order_mark_keeps_its_first_column(tmp_path: Path) -> No
 def test_csv_row_without_the_column_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "short.csv"
     path.write_text('id,text\n1,"two\nlines"\n2\n', encoding="utf-8")
-    with pytest.raises(InputFileError, match=r"short\.csv:4: .*'text'"):
+    with pytest.raises(InputError, match=r"short\.csv:4: .*'text'"):
         read_texts(path)
 
 
 def test_csv_unknown_column_lists_the_columns(tmp_path: Path) -> None:
     path = tmp_path / "titles.csv"
     path.write_text("id,title\n1,nurse\n", encoding="utf-8")
-    with pytest.raises(InputFileError, match=r"titles\.csv: no column 'text'.*'id', 'title'.*--column"):
+    with pytest.raises(InputError, match=r"titles\.csv: no column 'text'.*'id', 'title'.*--column"):
         read_texts(path)
     assert read_texts(path, "title") == ["nurse"]
 
@@ -147,7 +148,7 @@ def test_csv_unknown_column_lists_the_columns(tmp_path: Path) -> None:
 def test_csv_empty_file_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.csv"
     path.write_text("", encoding="utf-8")
-    with pytest.raises(InputFileError, match=r"empty\.csv: .*header"):
+    with pytest.raises(InputError, match=r"empty\.csv: .*header"):
         read_texts(path)
 
 
@@ -180,13 +181,49 @@ def test_jsonl_skips_blank_lines_and_reads_a_bom_and_crlf(tmp_path: Path) -> Non
 def test_jsonl_errors_name_the_line_and_the_reason(tmp_path: Path, line: str, reason: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(InputFileError, match=r"bad\.jsonl:3: ") as caught:
+    with pytest.raises(InputError, match=r"bad\.jsonl:3: ") as caught:
         read_texts(path)
     assert reason in str(caught.value)
 
 
+@pytest.mark.parametrize("suffix", [".ndjson", ".json", ".JSONL"])
+def test_json_lines_by_any_of_their_names(tmp_path: Path, suffix: str) -> None:
+    """The names `embed-dataset` reads as JSON lines are JSON lines here too (one rule, `format_of`)."""
+    path = tmp_path / f"texts{suffix}"
+    path.write_text('{"title": "nurse"}\n{"title": "java developer"}\n', encoding="utf-8")
+    assert read_texts(path, "title") == ["nurse", "java developer"]
+
+
+@pytest.mark.parametrize("name", ["texts.parquet", "texts.csv.gz", "texts.txt.zst"])
+def test_parquet_and_compressed_inputs_point_to_embed_dataset(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"PAR1")
+    with pytest.raises(InputError, match=rf"{name}: embed reads plain text, JSON-lines and CSV files; "
+                                         rf"embed-dataset reads Parquet"):
+        read_texts(path)
+
+
+def test_one_reader_rule_and_error_for_both_commands(tmp_path: Path) -> None:
+    """`embed --input` and `embed-dataset` share the format by name, the JSON-line rule and the error
+    type (jobbert_onnx.embed_files); a malformed line gives the same reason in both."""
+    pytest.importorskip("pyarrow")
+    from jobbert_onnx import batch
+    from jobbert_onnx.batch import inputs
+    from jobbert_onnx.batch.table import KNOWN_BAD_COLUMN
+
+    assert batch.InputError is InputError and inputs.InputError is InputError
+    assert inputs.format_of is embed_files.format_of
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        read_texts(path)
+    pieces = list(inputs.resolve_input(str(path)).pieces("text", None))
+    reasons = [r for piece in pieces for r in piece.table[KNOWN_BAD_COLUMN].to_pylist() if r]
+    assert reasons == [str(caught.value)] == [f"{path}:2: an array, not a JSON object"]
+
+
 def test_missing_input_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(InputFileError, match=r"none\.txt: cannot read"):
+    with pytest.raises(InputError, match=r"none\.txt: cannot read"):
         read_texts(tmp_path / "none.txt")
 
 

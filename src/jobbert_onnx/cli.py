@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed texts with an artifact")
     embed.add_argument("artifact")
     embed.add_argument("texts", nargs="*", help="texts to embed")
-    embed.add_argument("--input", help="file of texts: .txt (one per line, blank lines included), .jsonl or .csv")
-    embed.add_argument("--column", help="field of a .jsonl/.csv input (default: text)")
+    embed.add_argument("--input", help="file of texts: .txt (one per line, blank lines included), JSON lines "
+                                       "(.jsonl, .ndjson, .json) or .csv")
+    embed.add_argument("--column", help="field of a JSON-lines or .csv input (default: text)")
     embed.add_argument("--output", help="write to FILE.npy or FILE.jsonl (default: JSON lines on stdout)")
     embed.add_argument("--head", help="head to use (default: the artifact's default head)")
     embed.add_argument("--batch-size", type=int, default=32)

@@ -1,14 +1,27 @@
-"""The embed command's files: texts in (.txt, .jsonl, .csv), embeddings out (.npy, .jsonl, stdout).
+"""Files of texts in, embeddings out: the one home of what an input file of texts is.
 
-Inputs are read line by line, never as one string, with the `csv` and `json` modules doing the
-parsing. Only '\\n' ends a line: U+2028, NEL, '\\v' and the other separators that
+Both commands that read texts from files read them by the rules here, and fail with one error type,
+`InputError`:
+
+- the format comes from the name (`format_of`): .jsonl, .ndjson and .json are JSON lines, .csv is
+  CSV, .parquet is Parquet, optionally compressed (.gz, .bz2, .zst, .lz4);
+- a JSON line is one JSON object (`json_object`); a line that is not is named with its file, line
+  and reason.
+
+`embed --input FILE` reads a whole file here (`read_texts`), with the standard library only, so
+the core CLI needs no pyarrow; `embed-dataset` streams large inputs with pyarrow (`batch.inputs`),
+with these formats, this JSON-line rule and this error.
+
+`read_texts` reads line by line, never the file as one string, with the `csv` and `json` modules
+doing the parsing. Only '\\n' ends a line: U+2028, NEL, '\\v' and the other separators that
 `str.splitlines()` knows stay inside their text. A UTF-8 byte order mark is dropped.
 
-- .txt: one text per line, so rows line up with `wc -l`. One trailing '\\r' is stripped; a blank
-  line is the empty text; a last line without '\\n' counts too.
-- .jsonl: one JSON object per line with a string field `column` (default `text`); blank lines
+- .txt (and any name that says no other format): one text per line, so rows line up with `wc -l`.
+  One trailing '\\r' is stripped; a blank line is the empty text; a last line without '\\n' counts too.
+- JSON lines: one JSON object per line with a string field `column` (default `text`); blank lines
   are skipped. Our own JSONL output reads back, whatever its texts hold.
 - .csv: a header row, then records; quoted fields may hold line breaks; blank lines are skipped.
+- Parquet and compressed files are `embed-dataset`'s: `read_texts` refuses them, saying so.
 
 A line is read `MAX_LINE_CHARS` characters at most: a longer one (or a file with no line breaks,
 such as /dev/zero) is an error naming the file and line, not a MemoryError.
@@ -43,8 +56,18 @@ _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a num
                bool: "a boolean", type(None): "null"}
 
 
-class InputFileError(JobbertOnnxError):
-    """An input file that cannot be read as texts; the message names the file, the line and why."""
+# The input formats by file suffix; pyarrow reads them compressed with these (`embed-dataset` only).
+SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json",
+            ".json": "json"}
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
+
+
+class InputError(JobbertOnnxError):
+    """An input (a file of `embed --input`, a file, folder or glob of `embed-dataset`) that cannot be
+    read as texts; the message names it, and the line where there is one, and says why."""
+
+
+InputFileError = InputError  # the name `embed`'s reader gave it before there was one type
 
 
 class OutputFileError(JobbertOnnxError):
@@ -52,41 +75,70 @@ class OutputFileError(JobbertOnnxError):
 
 
 # -- reading -------------------------------------------------------------------------------
+def format_of(path: str | os.PathLike) -> str | None:
+    """The format a file name says ('data.csv.gz' -> 'csv', 'a.ndjson' -> 'json'), or None."""
+    name = os.fspath(path).rsplit("/", 1)[-1].lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    dot = name.rfind(".")
+    return SUFFIXES.get(name[dot:]) if dot >= 0 else None
+
+
+def json_object(line: str | bytes, where: str) -> dict:
+    """The JSON object on one line, or InputError naming `where` (file:line) and the reason."""
+    try:
+        record = json.loads(line)
+    except RecursionError:
+        raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:  # UnicodeDecodeError, for bytes
+        raise InputError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: {_json_type(record)}, not a JSON object")
+    return record
+
+
 def read_texts(path: str | os.PathLike, column: str | None = None) -> list[str]:
-    """The texts of a .txt, .jsonl or .csv file (any other suffix reads as .txt), in file order.
+    """The texts of a .txt, JSON-lines or .csv file (a name of no other format reads as .txt), in file order.
 
     `column` names the JSONL/CSV field (default `text`); it is refused for .txt files.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if column is not None and suffix not in (".jsonl", ".csv"):
-        raise InputFileError(f"{path}: --column applies to .jsonl and .csv inputs only.")
+    kind = format_of(path.name)
+    if kind == "parquet" or path.name.lower().endswith(COMPRESSION_SUFFIXES):
+        raise InputError(f"{path}: embed reads plain text, JSON-lines and CSV files; embed-dataset reads Parquet "
+                         f"and compressed files.")
+    if column is not None and kind is None:
+        raise InputError(f"{path}: --column applies to JSON-lines (.jsonl, .ndjson, .json) and .csv inputs only.")
     field = column or DEFAULT_COLUMN
     try:
-        if suffix == ".jsonl":
+        if kind == "json":
             return list(_jsonl_texts(path, field))
-        if suffix == ".csv":
+        if kind == "csv":
             return list(_csv_texts(path, field))
         return list(_txt_texts(path))
     except UnicodeDecodeError:
-        raise InputFileError(_not_utf8(path)) from None
+        raise InputError(_not_utf8(path)) from None
     except MemoryError:  # many lines, each under the limit, that do not fit in memory together
-        raise InputFileError(f"{path}: too large to hold its texts in memory; split it, or use embed-dataset, "
-                             f"which streams.") from None
+        raise InputError(f"{path}: too large to hold its texts in memory; split it, or use embed-dataset, "
+                         f"which streams.") from None
     except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc}).") from None
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc}).") from None
 
 
 def _lines(handle: TextIO, path: Path) -> Iterator[str]:
     """The lines of `handle`, each read `MAX_LINE_CHARS` characters at most; a longer one is an
-    InputFileError naming the file and line."""
+    InputError naming the file and line."""
     limit = MAX_LINE_CHARS
     for number in itertools.count(1):
         line = handle.readline(limit + 1)
         if not line:
             return
         if len(line) > limit and not line.endswith(("\n", "\r")):
-            raise InputFileError(f"{path}:{number}: a line longer than {limit:,} characters; is it a text file? "
+            raise InputError(f"{path}:{number}: a line longer than {limit:,} characters; is it a text file? "
                                  f"Split such texts into lines of at most {limit:,} characters.")
         yield line
 
@@ -104,20 +156,13 @@ def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
             if not line.strip(" \t\r\n"):  # JSON's whitespace only: U+2028 alone is an error, not blank
                 continue
             where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
-            except RecursionError:
-                raise InputFileError(f"{where}: JSON nested too deeply.") from None
-            if not isinstance(record, dict):
-                raise InputFileError(f"{where}: {_json_type(record)}, not a JSON object with a {field!r} field.")
+            record = json_object(line, where)
             if field not in record:
-                raise InputFileError(f"{where}: no {field!r} field (fields: {', '.join(map(repr, record))}); "
+                raise InputError(f"{where}: no {field!r} field (fields: {', '.join(map(repr, record))}); "
                                      f"choose one with --column.")
             value = record[field]
             if not isinstance(value, str):
-                raise InputFileError(f"{where}: field {field!r} is {_json_type(value)}, not a string.")
+                raise InputError(f"{where}: field {field!r} is {_json_type(value)}, not a string.")
             yield value
 
 
@@ -127,18 +172,18 @@ def _csv_texts(path: Path, field: str) -> Iterator[str]:
         rows = csv.DictReader(_lines(handle, path))
         try:
             if rows.fieldnames is None:
-                raise InputFileError(f"{path}: empty; a CSV input starts with a header row naming its columns.")
+                raise InputError(f"{path}: empty; a CSV input starts with a header row naming its columns.")
             if field not in rows.fieldnames:
-                raise InputFileError(f"{path}: no column {field!r} (columns: {', '.join(map(repr, rows.fieldnames))}); "
+                raise InputError(f"{path}: no column {field!r} (columns: {', '.join(map(repr, rows.fieldnames))}); "
                                      f"choose one with --column.")
             for number, row in enumerate(rows, 1):
                 value = row[field]
                 if value is None:  # DictReader's filler for a row shorter than the header
-                    raise InputFileError(f"{path}:{rows.line_num}: record {number} has no {field!r} value "
+                    raise InputError(f"{path}:{rows.line_num}: record {number} has no {field!r} value "
                                          f"(fewer fields than the header).")
                 yield value
         except csv.Error as exc:
-            raise InputFileError(f"{path}:{rows.line_num}: not valid CSV ({exc}).") from None
+            raise InputError(f"{path}:{rows.line_num}: not valid CSV ({exc}).") from None
 
 
 def _json_type(value: object) -> str:
