@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,6 +143,9 @@ class TableEmbedder:
         self.artifact_id = embedder.artifact_id
         # Raw vectors (before normalize), bounded by bytes only; without dedup, no cache.
         self._cache = EmbeddingCache(int(cache_mb * 2**20) if dedup else 0, sys.maxsize)
+        # The cache keys of the texts that the last `prefetch` left in the cache: a batch looks them
+        # up without tokenizing them again (so each distinct text of a batch is tokenized once at most).
+        self._known: dict[str, bytes] = {}
         metadata = {
             META_ARTIFACT: self.artifact_id.encode(),
             META_HEAD: self.head.encode(),
@@ -215,9 +219,12 @@ class TableEmbedder:
         run sorted by length in full batches: embedding each batch's few new texts on its own runs
         them in small, padded batches (`bench/results/batch.md`). Rows that are not plain strings, and
         texts the runtime refuses, are left to the per-batch call, which reports them. Lookups here
-        are not counted as cache hits or misses: the per-batch calls count theirs.
+        are not counted as cache hits or misses: the per-batch calls count theirs. The keys of the
+        texts it leaves in the cache are kept until the next call, so that the per-batch calls do not
+        tokenize those texts again.
         """
         room = self._cache.capacity(self.dimension) // 2
+        self._known = {}
         if not self.dedup or room == 0:
             return 0
         texts: dict[str, None] = {}
@@ -232,12 +239,16 @@ class TableEmbedder:
         new: dict[bytes, None] = {}  # keys to embed, in order of first appearance
         parts = []
         for start in range(0, len(distinct), PREFETCH_CHUNK):  # prepared a chunk at a time, up to `room` new
-            prepared, _, _ = self._prepare_all(distinct[start:start + PREFETCH_CHUNK])
+            chunk = distinct[start:start + PREFETCH_CHUNK]
+            prepared, kept, _ = self._prepare_all(chunk)
             rows = []
             for i, key in enumerate(prepared.keys(self.artifact_id, self.head)):
-                if len(new) < room and key not in new and key not in self._cache:
+                if key in new or key in self._cache:
+                    self._known[chunk[kept[i]]] = key
+                elif len(new) < room:
                     new[key] = None
                     rows.append(i)
+                    self._known[chunk[kept[i]]] = key
             if rows:
                 parts.append(prepared.select(rows))
             if len(new) >= room:
@@ -321,14 +332,15 @@ class TableEmbedder:
             return np.zeros((0, self.dimension), np.float32)
         return self.embedder.apply_head(self.embedder.pool(prepared, self.batch_size), self.head)
 
-    def _cached_or_run(self, prepared: PreparedTexts) -> tuple[np.ndarray, int]:
-        """Raw vectors of `prepared`, each distinct key looked up in the cache once; the misses run
-        together (`_run`) and are cached. Returns (vectors in `prepared`'s order, texts run)."""
-        keys = prepared.keys(self.artifact_id, self.head)
+    def _cached_or_run(self, keys: list[bytes], tokens: Callable[[list[int]], PreparedTexts]
+                       ) -> tuple[np.ndarray, int]:
+        """Raw vectors of the texts of cache keys `keys`, each distinct key looked up in the cache
+        once; the misses, tokenized by `tokens(positions in keys)`, run together (`_run`) and are
+        cached. Returns (vectors in `keys`' order, texts run)."""
         first: dict[bytes, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        vectors = np.empty((len(prepared), self.dimension), np.float32)
+        vectors = np.empty((len(keys), self.dimension), np.float32)
         missing = []
         for key, i in first.items():
             entry = self._cache.get(key)
@@ -337,18 +349,19 @@ class TableEmbedder:
             else:
                 vectors[i] = entry.vector
         if missing:
-            new = self._run(prepared.select(missing))
+            prepared = tokens(missing)
+            new = self._run(prepared)
             vectors[missing] = new
-            counts = prepared.counts
-            for i, vector in zip(missing, new):
-                self._cache.put(keys[i], vector, counts[i])
+            for i, vector, count in zip(missing, new, prepared.counts):
+                self._cache.put(keys[i], vector, count)
         if len(first) < len(keys):  # texts equal once prepared (e.g. but for surrounding spaces)
             vectors = vectors[[first[key] for key in keys]]
         return vectors, len(missing)
 
     def _embed(self, texts: pa.Array) -> tuple[np.ndarray, int, int, dict[int, str]]:
         """(vectors in row order, distinct texts, texts embedded, {row: reason} of refused texts);
-        refused texts' rows of the vectors are zeros."""
+        refused texts' rows of the vectors are zeros. Each distinct text is tokenized once at most:
+        not at all when the last `prefetch` left its embedding in the cache."""
         if len(texts) == 0:
             return np.zeros((0, self.dimension), np.float32), 0, 0, {}
         if not self.dedup:
@@ -358,11 +371,31 @@ class TableEmbedder:
             return vectors, len(texts), len(kept), refused
         encoded = pc.dictionary_encode(texts)
         distinct = encoded.dictionary.to_pylist()
-        prepared, kept, refused_distinct = self._prepare_all(distinct)
-        raw, run = self._cached_or_run(prepared)
+        keys: list[bytes | None] = [self._known.get(text) for text in distinct]
+        fresh = [i for i, key in enumerate(keys) if key is None]  # tokenized here
+        prepared, kept, refused = self._prepare_all([distinct[i] for i in fresh])
+        rows = {fresh[k]: row for row, k in enumerate(kept)}  # distinct text -> its row of `prepared`
+        for i, key in zip(rows, prepared.keys(self.artifact_id, self.head)):
+            keys[i] = key
+        refused_distinct = {fresh[k]: reason for k, reason in refused.items()}
+        good = [i for i in range(len(distinct)) if i not in refused_distinct]
+
+        def tokens(positions: list[int]) -> PreparedTexts:
+            """The prepared texts of `good[p]` for each p; a text known from `prefetch` whose
+            embedding has left the cache since is prepared now (its only tokenization in this batch)."""
+            wanted = [good[p] for p in positions]
+            again = [i for i in wanted if i not in rows]
+            if not again:
+                return prepared.select([rows[i] for i in wanted])
+            both = PreparedTexts.concat([prepared, self.embedder.prepare([distinct[i] for i in again],
+                                                                         prompt_name=self.prompt_name)])
+            where = {**rows, **{i: len(prepared) + j for j, i in enumerate(again)}}
+            return both.select([where[i] for i in wanted])
+
+        raw, run = self._cached_or_run([keys[i] for i in good], tokens)
         if refused_distinct:
             vectors = np.zeros((len(distinct), self.dimension), np.float32)
-            vectors[kept] = self._finish(raw)
+            vectors[good] = self._finish(raw)
         else:
             vectors = self._finish(raw)
         indices = encoded.indices.to_numpy()

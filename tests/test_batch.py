@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 import sys
 import textwrap
 from pathlib import Path
@@ -129,6 +130,76 @@ def test_prefetch_fills_the_cache_once_per_new_text(embedder: Embedder) -> None:
     assert off.prefetch(tables) == 0
     stats = off(tables[0]).stats
     assert (stats.encoded, stats.cache_hits, stats.cache_misses) == (20, 0, 0)  # off: nothing looked up
+
+
+def counting_tokenizations(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How many times each (prepared) text goes through `embedder`'s tokenizer from now on."""
+    tokenizer, seen = embedder._tokenizer, Counter()
+    original = tokenizer.encodings
+
+    def counting(prepared):
+        seen.update(prepared)
+        return original(prepared)
+
+    monkeypatch.setattr(tokenizer, "encodings", counting)
+    return seen
+
+
+@pytest.mark.parametrize("cache_mb", [0, 128])
+def test_each_distinct_text_of_a_batch_is_tokenized_once(embedder: Embedder, monkeypatch: pytest.MonkeyPatch,
+                                                         cache_mb: float) -> None:
+    texts = distinct_texts(12)
+    batches = [texts[:8] * 3, texts[4:] * 2 + texts[:2]]  # repeats within each batch, and across them
+    seen = counting_tokenizations(embedder, monkeypatch)
+    table_embedder = TableEmbedder(embedder, text_column="text", id_column="id", cache_mb=cache_mb)
+    for batch in batches:
+        seen.clear()
+        result = table_embedder(pa.table({"id": list(range(len(batch))), "text": batch}))
+        assert seen == Counter(set(batch)), seen  # each distinct text once, whether the cache has it or not
+        got = np.asarray(result.table["embedding"].combine_chunks().flatten()).reshape(len(batch), -1)
+        np.testing.assert_allclose(got, embedder.encode(batch), rtol=0, atol=ATOL)
+
+
+def test_texts_prefetched_are_not_tokenized_again(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prefetch` tokenizes the next batches' distinct texts once; the batches then find their keys,
+    and tokenize only a text whose embedding has left the cache since (once)."""
+    texts = distinct_texts(20)
+    tables = [pa.table({"id": list(range(30)), "text": texts[:10] * 3}),
+              pa.table({"id": list(range(30, 50)), "text": texts[5:15] * 2})]
+    seen = counting_tokenizations(embedder, monkeypatch)
+    table_embedder = TableEmbedder(embedder, text_column="text", id_column="id")
+    assert table_embedder.prefetch(tables) == 15
+    assert seen == Counter(texts[:15])
+    seen.clear()
+    results = [table_embedder(table) for table in tables]
+    assert not seen  # every text's key is known, and its embedding cached
+    assert [(r.stats.unique_texts, r.stats.cache_hits, r.stats.encoded) for r in results] == [(10, 10, 0)] * 2
+    table_embedder.prefetch(tables[:1])
+    table_embedder._cache = EmbeddingCache(128 * 2**20, 10**6)  # as if every embedding had been evicted
+    seen.clear()
+    again = table_embedder(pa.table({"id": [0, 1, 2], "text": [texts[0], texts[0], texts[19]]}))
+    assert seen == Counter([texts[0], texts[19]]) and again.stats.encoded == 2
+    got = np.asarray(again.table["embedding"].combine_chunks().flatten()).reshape(3, -1)
+    np.testing.assert_allclose(got, embedder.encode([texts[0], texts[0], texts[19]]), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("lookahead", [1, 8])
+def test_the_local_engine_tokenizes_each_text_once_per_batch(artifact: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, lookahead: int) -> None:
+    """Issue 17: a text is tokenized once per distinct text per batch in the dataset engine (once
+    per group of `LOOKAHEAD_SHARDS` batches, as `prefetch` reads the group's texts ahead)."""
+    monkeypatch.setattr(local, "LOOKAHEAD_SHARDS", lookahead)
+    table = rows(400, distinct=50)
+    source = write(table, tmp_path / "in.parquet")
+    embedder = Embedder(artifact)
+    seen = counting_tokenizations(embedder, monkeypatch)
+    summary = run(embedder, source, tmp_path / "out", id_column="id", batch_rows=100)
+    texts = table["text"].to_pylist()
+    per_batch = Counter(t for start in range(0, 400, 100) for t in set(texts[start:start + 100]))
+    assert sum(seen.values()) == (summary["unique_texts"] if lookahead == 1 else 50)
+    assert all(seen[t] <= per_batch[t] for t in seen) and set(seen) == set(texts)
+    if lookahead == 1:
+        assert seen == per_batch
 
 
 # -- inputs ---------------------------------------------------------------------------------
