@@ -213,9 +213,9 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
                       asymmetric: Container[str] = ()) -> None:
     """Replace the MatMuls producing `matmuls` by per-token uint8 x per-channel int8 matmuls.
 
-    Each input tensor is quantized once, however many MatMuls read it (Q, K and V share theirs),
-    and each matmul with its dequantization is one com.microsoft `MatMulIntegerToFloat`, which
-    takes the per-row activation scales and per-column weight scales: at batch 1 the per-node
+    Each input tensor is quantized once, and the MatMuls that read it (Q, K and V) are one
+    com.microsoft `MatMulIntegerToFloat` over their weights side by side, then a `Split`. The
+    kernel takes the per-row activation scales and per-column weight scales: at batch 1 the per-node
     overhead, not the arithmetic, is what extra nodes cost (`bench/results/levers.md`).
     Rows of the input tensors named in `asymmetric` map [min, max] onto 0..255 with a zero point
     per row, instead of [-max|x|, max|x|] around 128: GELU outputs are almost all >= -0.17, so
@@ -228,6 +228,7 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
     _contrib(model)
     targets = set(matmuls)
     axes_as_input = _opset(model) >= 18
+    split_as_input = _opset(model) >= 13
     one = edit.constant("pt_one", np.array(1.0, np.float32))
     zero = edit.constant("pt_zero", np.array(0.0, np.float32))
     tiny = edit.constant("pt_tiny", np.array(1e-12, np.float32))
@@ -279,13 +280,24 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
         quantized_inputs[x] = (f"{p}_uint8", f"{p}_row_scale", row_zero_point)
         return nodes
 
+    # Matmuls reading one tensor (Q, K and V) become one wider matmul, split after it: one kernel
+    # call instead of three at batch 1, and the same numbers (each column is computed alone).
+    siblings: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.output and node.output[0] in targets:
+            siblings.setdefault(node.input[0], []).append(node)
     nodes, scaled_zero_points = [], set()
     for node in model.graph.node:
         if not node.output or node.output[0] not in targets:
             nodes.append(node)
             continue
         x = node.input[0]
-        quantized, weight_scale = quantize_weight(_matmul_weight(node, edit.initializers), weight_bits)
+        group = siblings[x]
+        if node is not group[0]:
+            continue  # computed with the first matmul of its group
+        parts = [quantize_weight(_matmul_weight(n, edit.initializers), weight_bits) for n in group]
+        quantized = np.concatenate([q for q, _ in parts], axis=1)
+        weight_scale = np.concatenate([s for _, s in parts])
         p = node.name or node.output[0]
         w = edit.constant(f"{p}_weight_int8", quantized)
         ws = edit.constant(f"{p}_weight_scale", weight_scale)
@@ -293,7 +305,9 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
             nodes += quantize_rows(x)
         rows, row_scale, row_zero_point = quantized_inputs[x]
         inputs = [rows, w, row_scale, ws, zero_point[row_zero_point is not None]]
-        product = f"{p}_uncentered" if row_zero_point is not None else node.output[0]
+        outputs = [n.output[0] for n in group]
+        merged = outputs[0] if len(group) == 1 else f"{p}_merged"
+        product = f"{merged}_uncentered" if row_zero_point is not None else merged
         nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [product], name=p, domain="com.microsoft"))
         if row_zero_point is not None:  # (q - z) s_r @ W s_c = q s_r @ W s_c - (z s_r) x (column sums of W s_c)
             sums = edit.constant(f"{p}_column_sums", quantized.sum(axis=0, dtype=np.int64).astype(np.float32) * weight_scale)
@@ -302,7 +316,14 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
                 scaled_zero_points.add(term)
                 nodes.append(helper.make_node("Mul", [row_zero_point, row_scale], [term]))
             nodes += [helper.make_node("Mul", [term, sums], [f"{p}_zero_point_term"]),
-                      helper.make_node("Sub", [product, f"{p}_zero_point_term"], list(node.output))]
+                      helper.make_node("Sub", [product, f"{p}_zero_point_term"], [merged])]
+        if len(group) > 1:
+            widths = np.array([q.shape[1] for q, _ in parts], np.int64)
+            if split_as_input:
+                split = helper.make_node("Split", [merged, edit.constant(f"{p}_split", widths)], outputs, axis=-1)
+            else:
+                split = helper.make_node("Split", [merged], outputs, axis=-1, split=widths.tolist())
+            nodes.append(split)
     edit.finish(nodes)
 
 
