@@ -29,15 +29,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "/info, /v1/models, /health, /ready and /metrics. Needs the [serve] extra.",
     )
     serve.add_argument("artifact", help="artifact folder (from `jobbert-onnx export`)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    serve.add_argument("--threads", type=int, help="onnxruntime threads for the encoder (default: one per physical core)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for all interfaces "
+                                                           "(default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="0 to 65535; 0: any free port (default 8080)")
+    serve.add_argument("--threads", type=int, metavar="N",
+                       help="onnxruntime threads for the encoder (default one per physical core)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    serve.add_argument("--served-model-name", help="the `model` name clients send (default: the artifact folder's name)")
+    serve.add_argument("--served-model-name", help="OpenAI's `model`: the name clients send (default the artifact "
+                                                   "folder's name)")
     key = serve.add_mutually_exclusive_group()
-    key.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, if set; "
-                                       "an empty key refuses to start)")
-    key.add_argument("--api-key-file", help="read the API key from this file (surrounding whitespace stripped)")
+    key.add_argument("--api-key", metavar="KEY",
+                     help=f"require 'Authorization: Bearer KEY'; prefer --api-key-file or ${API_KEY_ENV}: a flag "
+                          "shows in `ps`. Surrounding whitespace (a trailing newline) is stripped from every source; "
+                          "a key that is empty, has whitespace inside or is not printable ASCII refuses to start "
+                          f"(default ${API_KEY_ENV}, if set)")
+    key.add_argument("--api-key-file", metavar="FILE", help="read the API key from this file")
 
     group = serve.add_argument_group("limits (all named in GET /info)")
     _add_flags(group, Limits)
@@ -45,10 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     conn = serve.add_argument_group("connections (what a client may hold before its request is read)")
     _add_flags(conn, Connections)
     conn.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
-                      help="HTTP parser: httptools (fast) when installed, else h11 (default auto)")
+                      help="HTTP parser: httptools (the fast one) when installed, else h11; the guards above apply "
+                           "to both (default auto)")
 
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                       help="log level (default info)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request; it costs throughput (default off)")
     serve.set_defaults(run=run)
     return serve
 

@@ -106,20 +106,24 @@ class Limits:
     """
 
     max_body_bytes: int = _bounded(2_000_000, "--max-body-bytes", 1, integer=True,
-                                   help="request body size, checked before it is read (TEI's default); beyond: 413")
+                                   help="request body size (TEI's default), checked against Content-Length and while "
+                                        "reading, before the whole body is read; beyond: 413")
     max_inputs: int = _bounded(512, "--max-inputs", 1, integer=True,
                                help="texts per request (source + target for /similarity); beyond: 413")
-    max_chars: int = _bounded(50_000, "--max-chars", 1, integer=True, help="characters per text; beyond: 413")
+    max_chars: int = _bounded(50_000, "--max-chars", 1, integer=True, help="characters per text (texts are cut to max_seq_length tokens anyway; this bounds "
+                                    "the work before that); beyond: 413")
     max_batch_items: int = _bounded(32, "--max-batch-items", 1, integer=True,
-                                    help="texts per inference batch; 1 turns batching off")
+                                    help="texts per inference batch (the CPU's best throughput; on a GPU raise it, e.g. "
+                                         "256, and --max-queue-items with it); 1 turns batching off")
     max_batch_tokens: int = _bounded(16_384, "--max-batch-tokens", 1, integer=True,
-                                     help="padded tokens per batch, texts x longest")
+                                     help="padded tokens per batch, texts x longest; at least max_seq_length")
     # below --queue-timeout: see check_values
     batch_wait_ms: float = _bounded(0.0, "--batch-wait-ms", 0, DAY_S * 1000,
-                                    help="how long a batch waits to fill once a text is queued (0: run when free)")
+                                    help="how long a batch waits to fill once a text is queued (0: run when free); below "
+                                         "--queue-timeout")
     max_queue_items: int = _bounded(1024, "--max-queue-items", 1, integer=True,
-                                    help="distinct texts waiting for inference; beyond, or while the queued work "
-                                         "would not run within --queue-timeout: 429")
+                                    help="distinct texts waiting for inference, at least --max-inputs; beyond, or while the "
+                                         "queued work would not run within --queue-timeout: 429")
     queue_timeout_s: float = _bounded(5.0, "--queue-timeout", 0, DAY_S, low_open=True,
                                       help="a request none of whose texts started this long after it arrived is "
                                            "dropped and answered 503; one that could not run within it is refused "
@@ -171,18 +175,22 @@ class Connections:
 
     # None: chosen at start-up by `serve.server.connection_cap`.
     max_connections: int | None = _bounded(None, "--max-connections", 1, integer=True, optional=True,
-                                           help="open connections at most; beyond, new ones get 503 and are closed",
+                                           help="open connections at most; a connection past them is answered 503 and closed at "
+                                                "once. Checked against `ulimit -n` at start-up (the soft limit is raised "
+                                                "toward the hard one if needed)",
                                            shown="1024, or the file-descriptor limit minus 64 if lower")
     # 64 KiB is 8x the 8 KiB that most proxies allow; 1 KiB is the least an ordinary client needs.
     max_header_bytes: int = _bounded(65_536, "--max-header-bytes", 1024, 16 * 1024 * 1024, integer=True,
-                                     help="request line and headers together; beyond: 431")
+                                     help="request line and headers together; past them: 431 and the connection "
+                                          "closes (counted as bytes arrive, for httptools and h11 alike)")
     header_timeout_s: float = _bounded(10.0, "--header-timeout", 0, DAY_S, low_open=True,
-                                       help="close a connection whose request headers are not complete this long "
-                                            "after it opened or the request began")
+                                       help="a connection whose request headers are not complete this long after it "
+                                            "opened (or after the request's first byte, on a kept-alive connection) is "
+                                            "closed, with 408 if a request began; bytes trickling in do not extend it")
     # 2 MB at 70 KB/s
     body_timeout_s: float = _bounded(30.0, "--body-timeout", 0, DAY_S, low_open=True,
-                                     help="close a connection whose request body is not complete this long after "
-                                          "its headers")
+                                     help="a request body not complete this long after its headers: 408 and the "
+                                          "connection closes")
 
     def check(self) -> None:
         check_bounds(self)
@@ -196,7 +204,7 @@ class ServerConfig:
     served_model_name: str = "jobbert"
     api_key: str | None = None  # when set, every route but /health, /ready and /metrics needs it
     drain_seconds: float = _bounded(0.0, "--drain-seconds", 0, DAY_S,
-                                    help="after SIGTERM, keep the socket open this long with /ready answering 503")
+                                    help="after SIGTERM, how long /ready answers 503 before the socket closes")
     shutdown_timeout_s: float = _bounded(30.0, "--shutdown-timeout", 0, DAY_S,
                                          help="then give in-flight requests this long to finish; texts still queued "
                                               "after it get 503 and are not run")

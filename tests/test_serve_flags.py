@@ -161,3 +161,37 @@ def test_the_flags_are_built_from_the_settings_fields():
             given = parser.parse_args(["serve", MISSING, bound.flag, value])
             built = settings(**cli._settings(settings, given))
             assert getattr(built, name) == (int(value) if bound.integer else float(value)), bound.flag
+
+
+FLAGS_START = "<!-- flags table: from `jobbert-onnx serve --help` (serve/cli.py, serve/config.py), checked by tests/test_serve_flags.py -->"
+FLAGS_END = "<!-- end of the flags table -->"
+
+
+def flags_table() -> str:
+    """docs/serving.md's flags table, as the parser declares each flag (help text, then its default)."""
+    import re
+
+    from jobbert_onnx.serve.cli import add_parser
+
+    parser = add_parser(argparse.ArgumentParser().add_subparsers())
+    rows = ["| flag | default | what |", "|---|---|---|"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        match = re.fullmatch(r"(.*) \(default (.*)\)", action.help, re.S)
+        what, default = match.groups() if match else (action.help, "")
+        if action.metavar == "SECONDS":
+            default += " s"
+        if action.choices:
+            what += " (" + ", ".join(f"`{c}`" for c in action.choices) + ")"
+        metavar = f" {action.metavar}" if action.metavar and action.metavar != "SECONDS" else ""
+        rows.append(f"| `{action.option_strings[0]}{metavar}` | {default} | {what} |")
+    return "\n".join(rows)
+
+
+def test_docs_flags_table_is_the_parsers() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "serving.md").read_text(encoding="utf-8")
+    documented = text.split(FLAGS_START, 1)[1].split(FLAGS_END, 1)[0].strip()
+    assert documented == flags_table(), f"docs/serving.md's flags table should read:\n{flags_table()}"
