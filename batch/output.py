@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -188,7 +189,8 @@ class OutputFolder:
         for key in _SAME_RUN:
             if previous.get(key) != run.get(key):
                 was = previous.get(key)
-                hint = f"resume without {record_flag(key)}" if was is None else f"resume with {record_flag(key)} {was}"
+                hint = (f"resume without {record_flag(key)}" if was is None else
+                        f"resume with {record_flag(key)} {shlex.quote(str(was))}")
                 raise OutputFolderError(f"{self.uri} was started with {key} {was!r}, this run has "
                                         f"{run.get(key)!r}: {hint}, or write to a new folder.")
         old = {f["path"]: f for f in previous.get("input_files", [])}

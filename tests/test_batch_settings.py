@@ -109,15 +109,18 @@ def test_a_resumed_run_with_other_settings_is_told_the_flag(artifact: Path, tmp_
     from jobbert_onnx.batch import OutputFolderError, embed_dataset
 
     source = tmp_path / "in.csv"
-    source.write_text("id,title,text\n1,nurse,care\n2,python developer,code\n")
+    source.write_text("id,job title,text\n1,nurse,care\n2,python developer,code\n")
     out = tmp_path / "out"
-    embed_dataset(artifact, source, out, text_column="title", batch_rows=1, show_progress=False)
-    with pytest.raises(OutputFolderError, match="started with text_column 'title', this run has 'text': resume with "
-                                                "--text-column title"):
+    embed_dataset(artifact, source, out, text_column="job title", batch_rows=1, show_progress=False)
+    with pytest.raises(OutputFolderError, match="started with text_column 'job title', this run has 'text': resume "
+                                                "with --text-column 'job title', or"):
         embed_dataset(artifact, source, out, show_progress=False)
     with pytest.raises(OutputFolderError, match="started with id_column None, this run has 'id': resume without "
                                                 "--id-column"):
-        embed_dataset(artifact, source, out, text_column="title", id_column="id", show_progress=False)
+        embed_dataset(artifact, source, out, text_column="job title", id_column="id", show_progress=False)
+    with pytest.raises(OutputFolderError, match="started with rows_per_shard 1, this run has 10000: resume with "
+                                                "--batch-rows 1"):
+        embed_dataset(artifact, source, out, text_column="job title", show_progress=False)
     assert json.loads((out / "_run.json").read_text())["rows_per_shard"] == 1
 
 
