@@ -150,9 +150,8 @@ class PrefixCutter:
             word_limit = tokenizer.model.max_input_chars_per_word
         return cls(tokenizer, max_seq_length, chars, unigram, word_limit, added)
 
-    def cut(self, text: str) -> tuple[str, bool]:
-        """`text` itself when short, else a shorter text with the same first `keep` tokens; and
-        whether that text is known to have at least `keep` tokens (its truncation is full). Raises
+    def cut(self, text: str) -> str:
+        """`text` itself when short, else a shorter text with the same first `keep` tokens. Raises
         `TextTooLongError` for a text past `whole_limit` characters that no rule can cut."""
         bound, scanned = self.short, 2  # boundaries before `scanned` gave too few tokens
         while bound < len(text):
@@ -165,13 +164,13 @@ class PrefixCutter:
             if prefix is None and self._unigram:
                 prefix = self._unigram_cut(text, bound)
             if prefix is not None:
-                return prefix, True
+                return prefix
             if bound >= self.whole_limit:
                 raise too_long(text, self._max_seq_length, f"no cut in its first {bound:,} characters provably "
                                "keeps its first tokens (it holds a very long word, or a long run of marks or of "
                                "characters the vocabulary lacks)")
             scanned, bound = bound + 1, 2 * bound
-        return text, False
+        return text
 
     def _full(self, prefix: str) -> bool:
         """Whether `prefix` has at least `keep` tokens (its truncation is full)."""

@@ -80,10 +80,6 @@ class TextTokenizer:
     def prepare(self, text: str, prompt: str = "") -> str:
         """The text exactly as it is handed to the Rust tokenizer: stripped, `prompt` prepended, lone
         surrogates replaced, and cut when long (same ids after truncation)."""
-        return self._prepare(text, prompt)[0]
-
-    def _prepare(self, text: str, prompt: str) -> tuple[str, bool]:
-        """`prepare`, and whether the cut already proved the text fills `max_seq_length` tokens."""
         if self.spec.strip:
             text = text.strip()
         text = _SURROGATES.sub("\ufffd", prompt + text)  # no copy when there is nothing to change
@@ -92,29 +88,19 @@ class TextTokenizer:
         if len(text) > whole_limit(self.spec.max_seq_length):
             raise too_long(text, self.spec.max_seq_length, "this tokenizer has a stage that the long-text cut does "
                            "not know, so no cut is proven")
-        return text, False
+        return text
 
-    def prepare_many(self, texts: Sequence[str], prompt: str = "", count: bool = True,
-                     first: int = 0) -> tuple[list[str], np.ndarray]:
-        """The prepared texts and their `token_counts` (all 0 unless `count`). Only the prepared texts
-        are kept (bounded by what truncation keeps), and they are counted `COUNT_CHUNK` at a time.
-        Raises `TextTooLongError` naming the first text that is too long to tokenize and cannot be cut,
-        by its index plus `first` (where `texts` starts in the caller's list)."""
-        prepared, counts = [], np.zeros(len(texts), dtype=np.int64)
+    def prepare_many(self, texts: Sequence[str], prompt: str = "", first: int = 0) -> list[str]:
+        """Each text prepared (`prepare`). Raises `TextTooLongError` naming the first text that is too
+        long to tokenize and cannot be cut, by its index plus `first` (where `texts` starts in the
+        caller's list)."""
+        prepared = []
         for i, text in enumerate(texts):
             try:
-                text, full = self._prepare(text, prompt)
+                prepared.append(self.prepare(text, prompt))
             except TextTooLongError as exc:
                 raise TextTooLongError(exc.detail, index=first + i) from None
-            prepared.append(text)
-            counts[i] = self.spec.max_seq_length if full else 0
-        if not count:
-            return prepared, np.zeros(len(texts), dtype=np.int64)
-        unknown = np.flatnonzero(counts == 0)
-        for start in range(0, len(unknown), COUNT_CHUNK):
-            rows = unknown[start:start + COUNT_CHUNK]
-            counts[rows] = [len(e.ids) for e in self.encodings([prepared[i] for i in rows])]
-        return prepared, counts
+        return prepared
 
     def encodings(self, prepared: Sequence[str]) -> list[Encoding]:
         """`tokenizers` encodings of prepared texts: truncated, special tokens added, unpadded."""
@@ -137,7 +123,7 @@ class TextTokenizer:
             chunk.clear()
 
         for start in range(0, len(texts), COUNT_CHUNK):
-            for text in self.prepare_many(texts[start:start + COUNT_CHUNK], prompt, count=False, first=start)[0]:
+            for text in self.prepare_many(texts[start:start + COUNT_CHUNK], prompt, first=start):
                 if chunk and chars + len(text) > CHUNK_CHARS:
                     flush()
                     chars = 0
@@ -173,7 +159,7 @@ class TextTokenizer:
 
     def __call__(self, texts: Sequence[str], prompt: str = "") -> dict[str, np.ndarray]:
         """Tokenize a batch; returns int64 `input_ids`, `attention_mask`, `token_type_ids` [batch, seq]."""
-        return self.batch(self.prepare_many(texts, prompt, count=False)[0])
+        return self.batch(self.prepare_many(texts, prompt))
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens that pooling leaves out for `prompt` when the model says `include_prompt: false`,
