@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from jobbert_onnx.runtime.manifest import EncoderEntry, HeadEntry, Manifest, PoolingEntry, TokenizerEntry
@@ -45,6 +46,7 @@ class ExportConfig:
     min_cosine: float | None = None
     margin: float | None = None  # int8: try more accurate plans until min cosine >= threshold + margin
     calibration: Path | None = None  # int8: a text file, one text per line (default: built-in texts)
+    keep_vocabulary: Path | None = None  # a text file: keep only the tokens its lines need (export/vocabulary.py)
     show_progress: bool = True
     # "transformers": what AutoTokenizer builds (what sentence-transformers runs here);
     # "checkpoint": the checkpoint's tokenizer.json as is. See export/tokenizer_choice.py.
@@ -133,10 +135,54 @@ def _calibration_feeds(texts: list[str], tokenizer, spec: CheckpointSpec, input_
     return feeds
 
 
+@dataclass
+class _Trimming:
+    """`--keep-vocabulary`: the trimmed vocabulary, its tokenizer and its manifest record."""
+
+    vocabulary: Any  # vocabulary.TrimmedVocabulary
+    tokenizer: Any  # a transformers tokenizer over the trimmed tokenizer.json
+    record: dict[str, Any]
+    corpus: list[str]
+
+    def covered(self, texts: list[str], original) -> list[str]:
+        """The texts that the trimmed tokenizer splits exactly as the full one (remapped): those
+        whose pieces were all kept. Validation compares on these."""
+        kept = set(self.vocabulary.kept.tolist())
+        out = []
+        for text in texts:
+            ids = original(text.strip())["input_ids"]
+            if set(ids) <= kept and self.tokenizer(text.strip())["input_ids"] == self.vocabulary.remap(ids):
+                out.append(text)
+        return out
+
+
+def _trim_vocabulary(corpus: Path, hf_tokenizer, spec: CheckpointSpec) -> _Trimming:
+    """The vocabulary that the texts of `corpus` (one per line) need, with and without each prompt."""
+    import hashlib
+
+    from transformers import PreTrainedTokenizerFast
+
+    from .vocabulary import trim
+
+    lines = [text.strip() for text in read_texts(corpus)]
+    # The runtime prepends a prompt to the text: a prompted text is tokenized as one string.
+    texts = [*lines, *(prompt + line for prompt in spec.prompts.texts.values() for line in lines)]
+    # Position ids of RoBERTa-like encoders are computed in the graph by comparing ids with the pad id.
+    vocabulary = trim(hf_tokenizer.backend_tokenizer.to_str(), texts, fixed_ids=[int(hf_tokenizer.pad_token_id)])
+    special = {k: v for k, v in hf_tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    trimmed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(vocabulary.tokenizer_json),
+                                      model_input_names=hf_tokenizer.model_input_names,
+                                      model_max_length=spec.transformer.max_seq_length, **special)
+    record = vocabulary.to_manifest(len(lines), hashlib.sha256(corpus.read_bytes()).hexdigest())
+    return _Trimming(vocabulary, trimmed, record, lines)
+
+
 def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None,
-           calibration: Iterable[dict[str, np.ndarray]] = (), external_weights: bool = False) -> dict:
+           calibration: Iterable[dict[str, np.ndarray]] = (), external_weights: bool = False,
+           trimming: _Trimming | None = None) -> dict:
     """Copy or transform one fp32 graph into the artifact, writing it once; returns what was
-    done, for the manifest."""
+    done, for the manifest. With `trimming`, the token table keeps only the kept rows, after the
+    transform: int8 calibrates on the full vocabulary, so the corpus gets the full artifact's numbers."""
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
     if transform is None and not external_weights:
         shutil.copyfile(fp32 / rel, stage / rel)
@@ -146,6 +192,11 @@ def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Optio
     model, info = onnx.load(str(fp32 / rel)), dict(UNCHANGED)
     if transform is not None:
         model, info = transform.apply(model, calibration)
+    if trimming is not None:
+        from .vocabulary import trim_embedding_table
+
+        trim_embedding_table(model, trimming.vocabulary)
+        info = {**info, "vocabulary": trimming.record}
     save_graph(model, stage / rel, external_weights)
     return info
 
@@ -178,6 +229,15 @@ def export_model(config: ExportConfig) -> Path:
     calibration_texts = texts if config.precision == "int8" else None
     if config.validate:  # with the checkpoint's tokenizer: the probes sentence-transformers tokenizes alike
         probes = tokenizer_check.validation_probes(probes)
+    trimming = None
+    if config.keep_vocabulary is not None:
+        trimming = _trim_vocabulary(config.keep_vocabulary, hf_tokenizer, spec)
+        # Texts outside the corpus may split otherwise, by design: validate on corpus texts and the
+        # probes whose pieces were all kept.
+        sample = trimming.corpus[::max(1, len(trimming.corpus) // 32)][:32]
+        probes = trimming.covered(list(dict.fromkeys([*probes, *sample])), hf_tokenizer)
+        if not probes:
+            raise ValueError(f"{config.keep_vocabulary}: no validation text is covered by the kept vocabulary")
     steps = 3 + len(spec.heads) + 2 * config.validate
     with tqdm(total=steps, desc="export", unit="step", disable=not config.show_progress) as progress:
 
@@ -203,7 +263,7 @@ def export_model(config: ExportConfig) -> Path:
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
             for entry in fp32.heads.values():
                 entry.transform = _place(fp32.folder, stage, entry.file, head_transform)
-            tokenizer = _write_tokenizer(spec, hf_tokenizer, stage)
+            tokenizer = _write_tokenizer(spec, trimming.tokenizer if trimming else hf_tokenizer, stage)
 
             def rank() -> list[str]:
                 import onnx
@@ -222,7 +282,8 @@ def export_model(config: ExportConfig) -> Path:
             plans = int8_plans.int8_plans(encoder_transform, rank) if laddered else [encoder_transform]
             attempts: list[dict] = []
             for plan in plans:
-                encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, plan, feeds, external_weights=True)
+                encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, plan, feeds, external_weights=True,
+                                      trimming=trimming)
                 if fusion is not None:
                     encoder_info["fusion"] = fusion
                 if calibration_texts:

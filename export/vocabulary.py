@@ -117,13 +117,15 @@ def _remap_processor(processor: dict[str, Any] | None, new_id) -> None:
             processor[key] = [token, new_id(index)]
 
 
-def trim(tokenizer_json: str, texts: Iterable[str], keep_ids: Iterable[int] = ()) -> TrimmedVocabulary:
-    """The vocabulary that `texts` need, with the special tokens, every single-character piece and
-    `keep_ids` (e.g. the pad token), as a `TrimmedVocabulary`.
+def trim(tokenizer_json: str, texts: Iterable[str], fixed_ids: Iterable[int] = ()) -> TrimmedVocabulary:
+    """The vocabulary that `texts` need, with the special tokens and every single-character piece,
+    as a `TrimmedVocabulary`. `fixed_ids` (e.g. the pad token, which a graph may compare ids with)
+    must keep their ids.
 
     `texts` are tokenized as they are (prepare them as the runtime does first: strip, prompt).
-    Raises VocabularyError for a tokenizer model that cannot be trimmed exactly, and when the
-    trimmed tokenizer gives any corpus text other ids than the remapped original ones.
+    Raises VocabularyError for a tokenizer model that cannot be trimmed exactly, when a fixed id
+    would move, and when the trimmed tokenizer gives any corpus text other ids than the remapped
+    original ones.
     """
     data = json.loads(tokenizer_json)
     model = _model(data)
@@ -135,7 +137,7 @@ def trim(tokenizer_json: str, texts: Iterable[str], keep_ids: Iterable[int] = ()
         special.add(model["unk_id"])
     if model["type"] == "WordPiece" and model.get("unk_token") in model["vocab"]:
         special.add(model["vocab"][model["unk_token"]])
-    kept = np.array(sorted(_used_ids(tokenizer, texts) | special | set(_single_characters(model, pieces)) | set(keep_ids)),
+    kept = np.array(sorted(_used_ids(tokenizer, texts) | special | set(_single_characters(model, pieces)) | set(fixed_ids)),
                     dtype=np.int64)
     if kept[-1] >= len(pieces):
         raise VocabularyError("the tokenizer has added tokens outside its model's vocabulary; trimming it is not supported")
@@ -146,6 +148,11 @@ def trim(tokenizer_json: str, texts: Iterable[str], keep_ids: Iterable[int] = ()
             raise VocabularyError(f"token id {old} is used by the tokenizer's configuration but was not kept")
         return new_ids[old]
 
+    for fixed in fixed_ids:
+        if new_id(fixed) != fixed:
+            raise VocabularyError(f"token id {fixed} ({pieces[fixed]!r}) would become {new_id(fixed)}; the encoder "
+                                  "graph compares ids with it (the pad id), so it must keep its id. Trimming needs "
+                                  "every token before it kept")
     trimmed = copy.deepcopy(data)
     if model["type"] == "Unigram":
         trimmed["model"]["vocab"] = [model["vocab"][i] for i in kept]
@@ -174,20 +181,20 @@ def _check_same_ids(original: Tokenizer, trimmed: Tokenizer, vocabulary: Trimmed
                                       f"({chunk[offset][:60]!r}) differently from the full one")
 
 
-def trim_embedding_table(model, vocabulary: TrimmedVocabulary) -> str:
-    """Keep only the kept rows of the encoder graph's token table (the one constant `Gather` table
-    with a row per original token), in place; return the table's name."""
+def trim_embedding_table(model, vocabulary: TrimmedVocabulary) -> list[str]:
+    """Keep only the kept rows of the encoder graph's token tables (the constant `Gather` tables
+    with a row per original token: the table, and an int8 table's row scales), in place; return
+    their names."""
     from onnx import numpy_helper
 
     initializers = {i.name: i for i in model.graph.initializer}
-    tables = {node.input[0] for node in model.graph.node
-              if node.op_type == "Gather" and node.input[0] in initializers
-              and len(initializers[node.input[0]].dims) == 2
-              and initializers[node.input[0]].dims[0] == vocabulary.original_size}
-    if len(tables) != 1:
-        raise VocabularyError(f"the encoder has {len(tables)} token tables of {vocabulary.original_size} rows; "
-                              "expected exactly one")
-    name = tables.pop()
-    rows = numpy_helper.to_array(initializers[name])[vocabulary.kept]
-    initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(rows), name))
-    return name
+    tables = sorted({node.input[0] for node in model.graph.node
+                     if node.op_type == "Gather" and node.input[0] in initializers
+                     and len(initializers[node.input[0]].dims) == 2
+                     and initializers[node.input[0]].dims[0] == vocabulary.original_size})
+    if not tables:
+        raise VocabularyError(f"the encoder has no token table of {vocabulary.original_size} rows to trim")
+    for name in tables:
+        rows = numpy_helper.to_array(initializers[name])[vocabulary.kept]
+        initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(rows), name))
+    return tables

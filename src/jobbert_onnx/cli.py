@@ -55,6 +55,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         opset=args.opset, overwrite=args.overwrite, validate=not args.no_validate,
         allow_pickle=args.allow_pickle, min_cosine=args.min_cosine, margin=args.margin,
         calibration=Path(args.calibration) if args.calibration else None, tokenizer=args.tokenizer,
+        keep_vocabulary=Path(args.keep_vocabulary) if args.keep_vocabulary else None,
     )
     with _warnings_as_lines(TokenizerDisagreementWarning):
         out = export_model(config)
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tokenizer to ship: 'transformers' (default), what AutoTokenizer builds and "
                              "sentence-transformers runs here; 'checkpoint', the checkpoint's tokenizer.json as is, "
                              "as TEI, fastembed and transformers 4 run it")
+    export.add_argument("--keep-vocabulary", metavar="FILE",
+                        help="keep only the tokens that these texts (one per line) need, plus every single-character "
+                             "piece: a smaller artifact that gives these texts the same token ids; other texts may "
+                             "split into smaller pieces (Unigram and WordPiece tokenizers only)")
     export.set_defaults(run=cmd_export)
 
     embed = commands.add_parser("embed", help="embed texts with an artifact")
