@@ -8,7 +8,7 @@ package loads nothing: each name below is imported on first use, so that the CLI
 from jobbert_onnx.lazy import lazy_exports
 
 _HOMES = {
-    "CheckpointError": ".checkpoint", "CheckpointSpec": ".checkpoint", "HeadConfig": ".checkpoint",
+    "CheckpointError": ".modules.base", "CheckpointSpec": ".checkpoint", "HeadConfig": ".modules.head",
     "read_checkpoint": ".checkpoint",
     "DEFAULT_MIN_COSINE": ".defaults", "PRECISIONS": ".defaults",
     "ExportConfig": ".pipeline", "export_model": ".pipeline",

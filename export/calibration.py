@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .modules.base import CheckpointError
 
 _ROLES = {
     "en": ["Software Engineer", "Data Analyst", "Registered Nurse", "Sales Manager", "Accountant",

@@ -1,4 +1,8 @@
-"""Turning the PyTorch modules into fp32 ONNX graphs with dynamic batch and sequence axes."""
+"""Turning the PyTorch modules into fp32 ONNX graphs with dynamic batch and sequence axes.
+
+Each module is what its config's `build()` returns (`export/modules/`); their classes are defined
+only when built, so the parameters here are typed as `nn.Module`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from .torch_modules import EncoderModule, HeadModule, PoolingModule
 
 ENCODER_FILE = "encoder.onnx"
 POOLING_FILE = "pooling.onnx"
@@ -73,7 +75,7 @@ def _dummy_tokens(batch: int = 2, seq: int = 8) -> tuple[torch.Tensor, torch.Ten
     return ids, mask
 
 
-def export_encoder(encoder: EncoderModule, path: Path, opset: int) -> None:
+def export_encoder(encoder: nn.Module, path: Path, opset: int) -> None:
     ids, mask = _dummy_tokens()
     args = (ids, mask) + ((torch.zeros_like(ids),) if "token_type_ids" in encoder.input_names else ())
     token_axes = {0: "batch", 1: "sequence"}
@@ -81,7 +83,7 @@ def export_encoder(encoder: EncoderModule, path: Path, opset: int) -> None:
     _export(encoder, args, path, encoder.input_names, "token_embeddings", axes, opset)
 
 
-def export_pooling(pooling: PoolingModule, hidden: int, path: Path, opset: int) -> None:
+def export_pooling(pooling: nn.Module, hidden: int, path: Path, opset: int) -> None:
     _, mask = _dummy_tokens()
     tokens = torch.randn(mask.shape[0], mask.shape[1], hidden)
     axes = {"token_embeddings": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
@@ -89,7 +91,7 @@ def export_pooling(pooling: PoolingModule, hidden: int, path: Path, opset: int) 
     _export(pooling, (tokens, mask), path, ["token_embeddings", "attention_mask"], "sentence_embedding", axes, opset)
 
 
-def export_head(head: HeadModule, dimension: int, path: Path, opset: int) -> None:
+def export_head(head: nn.Module, dimension: int, path: Path, opset: int) -> None:
     # ONNX names are single-assignment, so the head's output cannot reuse its input's name.
     axes = {"sentence_embedding": {0: "batch"}, "embedding": {0: "batch"}}
     _export(head, (torch.randn(2, dimension),), path, ["sentence_embedding"], "embedding", axes, opset)

@@ -25,7 +25,8 @@ from tokenizers import Tokenizer
 from jobbert_onnx.runtime.manifest import TokenizerEntry
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 
-from .checkpoint import CheckpointError, CheckpointSpec
+from .checkpoint import CheckpointSpec
+from .modules.base import CheckpointError
 
 CHECKPOINT_FILE = "tokenizer.json"
 MAX_EXAMPLES = 5  # disagreements kept in the manifest, with both id lists

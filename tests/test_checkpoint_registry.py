@@ -14,8 +14,12 @@ from typing import ClassVar
 import pytest
 
 from jobbert_onnx.export import checkpoint
-from jobbert_onnx.export.checkpoint import (MODULE_TYPES, POOLING_MODES, CheckpointError, DenseConfig, NormalizeConfig,
-                                            read_checkpoint)
+from jobbert_onnx.export.checkpoint import MODULE_TYPES, read_checkpoint
+from jobbert_onnx.export.modules import dense, head, normalize, pooling
+from jobbert_onnx.export.modules.base import CheckpointError
+from jobbert_onnx.export.modules.dense import DenseConfig
+from jobbert_onnx.export.modules.normalize import NormalizeConfig
+from jobbert_onnx.export.modules.pooling import POOLING_FUNCTIONS, POOLING_MODES
 
 pytestmark = pytest.mark.full  # the exporter's checkpoint reader and its torch modules
 
@@ -36,20 +40,16 @@ def _add_module(model: Path, type_name: str, folder: str, config: dict | None = 
 
 
 def test_every_pooling_mode_has_a_torch_function():
-    from jobbert_onnx.export.torch_modules import POOLING_FUNCTIONS
-
     assert set(POOLING_FUNCTIONS) == set(POOLING_MODES)
 
 
 def test_each_type_builds_its_own_torch_module(jobbert_asym_model):
-    from jobbert_onnx.export.torch_modules import DenseModule, HeadModule, NormalizeModule, PoolingModule
-
     spec = read_checkpoint(jobbert_asym_model)
-    assert isinstance(spec.pooling.build(), PoolingModule)
-    head = spec.heads["anchor"].build()
-    assert isinstance(head, HeadModule)
-    assert [type(layer) for layer in head.layers] == [DenseModule]
-    assert isinstance(NormalizeConfig().build(), NormalizeModule)
+    assert isinstance(spec.pooling.build(), pooling.pooling_class())
+    anchor = spec.heads["anchor"].build()
+    assert isinstance(anchor, head.head_class())
+    assert [type(layer) for layer in anchor.layers] == [dense.dense_class()]
+    assert isinstance(NormalizeConfig().build(), normalize.normalize_class())
 
 
 def test_a_new_head_type_needs_one_table_entry(jobbert_asym_model, tmp_path, monkeypatch):
