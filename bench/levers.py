@@ -351,6 +351,85 @@ def _as_before(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _siblings_apart(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The int8 graph as it was before Q, K and V became one matmul: each `MatMulIntegerToFloat`
+    followed by a `Split` becomes one such node per part, on its slice of the weights and scales.
+    Same numbers, more nodes."""
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    splits = {n.input[0]: n for n in model.graph.node if n.op_type == "Split"}
+    nodes, added, dropped = [], [], set()
+    for node in model.graph.node:
+        split = splits.get(node.output[0]) if node.op_type == "MatMulIntegerToFloat" else None
+        if node.op_type == "Split" and node.input[0] in dropped:
+            continue
+        if split is None:
+            nodes.append(node)
+            continue
+        dropped.add(node.output[0])
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        scale = numpy_helper.to_array(initializers[node.input[3]])
+        widths = numpy_helper.to_array(initializers[split.input[1]]) if len(split.input) > 1 else \
+            next(a.ints for a in split.attribute if a.name == "split")
+        start = 0
+        for output, width in zip(split.output, widths):
+            columns = slice(start, start + int(width))
+            start += int(width)
+            added += [numpy_helper.from_array(weight[:, columns], f"{output}_weight_int8"),
+                      numpy_helper.from_array(scale[columns], f"{output}_weight_scale")]
+            nodes.append(helper.make_node("MatMulIntegerToFloat", [node.input[0], f"{output}_weight_int8", node.input[2],
+                                                                   f"{output}_weight_scale", *node.input[4:]],
+                                          [output], domain="com.microsoft"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(added)
+    return _drop_unused_initializers(model)
+
+
+def _matmuls_alone(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The speed floor of an int8 graph: only its `MatMulIntegerToFloat` nodes, with the same
+    weights and shapes, fed uint8 rows made from the token ids (every other node removed)."""
+    from onnx import TensorProto, helper
+
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    initializers = {i.name: i for i in model.graph.initializer}
+    last = helper.make_tensor("floor_last_axis", TensorProto.INT64, [1], [-1])
+
+    def unsqueeze(x: str, out: str) -> onnx.NodeProto:
+        return helper.make_node("Unsqueeze", [x, last.name], [out]) if opset >= 13 else \
+            helper.make_node("Unsqueeze", [x], [out], axes=[-1])
+
+    nodes = [helper.make_node("Cast", ["input_ids"], ["floor_ids"], to=TensorProto.UINT8),
+             unsqueeze("floor_ids", "floor_ids_3d"),
+             unsqueeze("attention_mask", "floor_mask_3d"),
+             helper.make_node("Cast", ["floor_mask_3d"], ["floor_row_scale"], to=TensorProto.FLOAT)]
+    shapes, outputs = [last], []
+    for node in [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]:
+        depth = initializers[node.input[1]].dims[0]
+        rows = f"floor_rows_{depth}"
+        if not any(rows in n.output for n in nodes):
+            shapes.append(helper.make_tensor(f"{rows}_shape", TensorProto.INT64, [3], [1, 1, depth]))
+            nodes.append(helper.make_node("Expand", ["floor_ids_3d", f"{rows}_shape"], [rows]))
+        nodes.append(helper.make_node("MatMulIntegerToFloat", [rows, node.input[1], "floor_row_scale", *node.input[3:]],
+                                      [f"{node.name}_floor"], domain="com.microsoft"))
+        outputs.append(helper.make_tensor_value_info(f"{node.name}_floor", TensorProto.FLOAT, None))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(shapes)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    return _drop_unused_initializers(model)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
 def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelProto:
     """Every constant-weight MatMul as com.microsoft MatMulNBits (symmetric blocks along K,
     accuracy_level 4: activations quantized to int8 per block inside the kernel)."""
@@ -385,9 +464,15 @@ def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelPr
     return model
 
 
-def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, work: Path) -> dict[str, bytes]:
-    """name -> serialized encoder: the int8 graph before and after each change, the peers'
-    int8 recipe, and the MatMulNBits kernels (not kept)."""
+SHIPPED = "+ Q, K and V as one MatMulIntegerToFloat and a Split (shipped)"
+PEERS = "peers' int8: quantize_dynamic per-channel (fastembed, st-onnx)"
+FLOOR = "floor: the shipped graph's int8 matmuls alone, every other node removed (not a model)"
+
+
+def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, work: Path) -> dict[str, Path]:
+    """name -> encoder file in `work`: the int8 graph before and after each change, the peers'
+    int8 recipe, and the MatMulNBits kernels (not kept). Each is written as soon as it is built,
+    so that a JobBERT-sized run holds one or two graphs in memory, not ten."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from jobbert_onnx.export import int8
@@ -412,15 +497,25 @@ def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, wo
         int8.int8_embedding_tables(model, 1024)
         return model
 
-    variants = {
-        "before: MatMulInteger + Cast + 2 Mul, Div per element, unfused": _as_before(copy(unfused)),
-        "MatMulIntegerToFloat, Reciprocal per row, unfused": unfused,
-        "+ MultiHeadAttention, SkipLayerNormalization, BiasGelu (shipped)": Int8Options().apply(copy(fused), feeds)[0],
-        "peers' int8: quantize_dynamic per-channel (fastembed, st-onnx)": onnx.load(str(peers)),
-        "MatMulNBits 8-bit, block 128, int8 compute (not kept)": nbits(8, 128),
-        "MatMulNBits 4-bit, block 32, int8 compute (not kept)": nbits(4, 32),
-    }
-    return {name: model.SerializeToString() for name, model in variants.items()}
+    del fp32
+    files: dict[str, Path] = {}
+
+    def save(name: str, model: onnx.ModelProto) -> None:
+        files[name] = work / f"{artifact.name}-variant-{len(files)}.onnx"
+        onnx.save(model, str(files[name]))
+
+    save("before: MatMulInteger + Cast + 2 Mul, Div per element, unfused", _as_before(_siblings_apart(copy(unfused))))
+    save("MatMulIntegerToFloat, Reciprocal per row, unfused", _siblings_apart(unfused))
+    del unfused
+    shipped = Int8Options().apply(copy(fused), feeds)[0]
+    save("+ MultiHeadAttention, SkipLayerNormalization, BiasGelu", _siblings_apart(copy(shipped)))
+    save(SHIPPED, shipped)
+    save(FLOOR, _matmuls_alone(shipped))
+    del shipped
+    files[PEERS] = peers
+    save("MatMulNBits 8-bit, block 128, int8 compute (not kept)", nbits(8, 128))
+    save("MatMulNBits 4-bit, block 32, int8 compute (not kept)", nbits(4, 32))
+    return files
 
 
 def _paired_latency(sessions: dict[str, ort.InferenceSession], feeds: list[dict]) -> dict[str, list[float]]:
@@ -437,14 +532,14 @@ def _paired_latency(sessions: dict[str, ort.InferenceSession], feeds: list[dict]
     return times
 
 
-def _op_profile(graph: bytes, feeds: list[dict]) -> dict[str, float]:
+def _op_profile(graph: Path, feeds: list[dict]) -> dict[str, float]:
     """Microseconds per run in each op type, from onnxruntime's profiler (which inflates small ops)."""
     import os
     from collections import defaultdict
 
     opts = options(enable_profiling=True, spinning=False)
     opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"jobbert-levers-profile-{os.getpid()}")
-    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
     for feed in feeds[:5]:
         session.run(None, feed)
     for feed in feeds:
@@ -476,6 +571,8 @@ def int8_graph(ref: Path, mpnet: Path, titles: list[str], work: Path, repeats: i
     probes, longest = sample[:60], sorted(sample, key=len)[-31:]
     del fp32_runner
     for name, graph in graphs.items():
+        if name == FLOOR:  # not a model: speed only
+            continue
         runner = EncoderRunner(mpnet, graph)
         titles_cosine = cosine_rows(reference, runner(sample, 32))
         long_cosine = cosine_rows(reference_long, runner(long_texts, 8))
@@ -492,26 +589,26 @@ def int8_graph(ref: Path, mpnet: Path, titles: list[str], work: Path, repeats: i
     graphs = _graph_variants(ref, _calibration(fp32_runner), XLMR_BASE["num_attention_heads"], XLMR_BASE["hidden_size"], work)
     one_title = [{n: t[n] for n in fp32_runner.inputs} for t in (fp32_runner.tokenizer([x]) for x in sample[:300])]
     del fp32_runner
+    rows[FLOOR] = {"variant": FLOOR}
     latencies: dict[str, list[float]] = {name: [] for name in graphs}
-    rates: dict[str, list[float]] = {name: [] for name in graphs}
+    rates: dict[str, list[float]] = {name: [] for name in graphs if name != FLOOR}
     # Spinning is off in every session, so that one session's idle workers do not spin through the
     # next one's run; `session_settings` measures spinning itself.
     runners = {name: EncoderRunner(ref, graph, options(spinning=False)) for name, graph in graphs.items()}
     for round_ in range(repeats):
         for name, seconds in _paired_latency({n: r.session for n, r in runners.items()}, one_title).items():
             latencies[name] += seconds
-        for name, runner in runners.items():
-            rates[name].append(rate(runner, sample[:256], 32, repeats=1))
+        for name in rates:
+            rates[name].append(rate(runners[name], sample[:256], 32, repeats=1))
         print(f"round {round_ + 1}: " + json.dumps({n: round(float(np.median(latencies[n])) * 1000, 2) for n in graphs}), flush=True)
+    del runners
     for name, graph in graphs.items():
-        model = onnx.load_from_string(graph)
+        model = onnx.load(str(graph))
         rows[name] |= {"nodes": len(model.graph.node), "encoder_mb": round(model.ByteSize() / 1e6, 1),
                        "p50_ms": float(np.median(latencies[name]) * 1000),
                        "p99_ms": float(np.percentile(latencies[name], 99) * 1000),
-                       "titles_per_s_b32": float(np.median(rates[name]))}
-    shipped = "+ MultiHeadAttention, SkipLayerNormalization, BiasGelu (shipped)"
-    peers = "peers' int8: quantize_dynamic per-channel (fastembed, st-onnx)"
-    profiles = {name: _op_profile(graphs[name], one_title[:100]) for name in (shipped, peers)}
+                       "titles_per_s_b32": float(np.median(rates[name])) if name in rates else "-"}
+    profiles = {name: _op_profile(graphs[name], one_title[:100]) for name in (SHIPPED, PEERS)}
     return {"variants": list(rows.values()), "profiles": profiles}
 
 
