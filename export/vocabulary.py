@@ -181,19 +181,23 @@ def _check_same_ids(original: Tokenizer, trimmed: Tokenizer, vocabulary: Trimmed
                                       f"({chunk[offset][:60]!r}) differently from the full one")
 
 
-def trim_embedding_table(model, vocabulary: TrimmedVocabulary) -> list[str]:
-    """Keep only the kept rows of the encoder graph's token tables (the constant `Gather` tables
-    with a row per original token: the table, and an int8 table's row scales), in place; return
-    their names."""
+def trim_embedding_table(model, vocabulary: TrimmedVocabulary, ids: str = "input_ids") -> list[str]:
+    """Keep only the kept rows of the encoder graph's token tables, in place; return their names.
+
+    The token tables are the constant tables that a `Gather` reads with the graph input `ids`:
+    the table, and an int8 table's row scales. One may have more rows than the tokenizer has
+    tokens (a padded vocabulary); rows past the tokenizer are unreachable and go too.
+    """
     from onnx import numpy_helper
 
     initializers = {i.name: i for i in model.graph.initializer}
     tables = sorted({node.input[0] for node in model.graph.node
-                     if node.op_type == "Gather" and node.input[0] in initializers
+                     if node.op_type == "Gather" and node.input[1] == ids and node.input[0] in initializers
                      and len(initializers[node.input[0]].dims) == 2
-                     and initializers[node.input[0]].dims[0] == vocabulary.original_size})
+                     and initializers[node.input[0]].dims[0] >= vocabulary.original_size})
     if not tables:
-        raise VocabularyError(f"the encoder has no token table of {vocabulary.original_size} rows to trim")
+        raise VocabularyError(f"the encoder has no token table of {vocabulary.original_size} rows or more "
+                              f"looked up by {ids!r}")
     for name in tables:
         rows = numpy_helper.to_array(initializers[name])[vocabulary.kept]
         initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(rows), name))

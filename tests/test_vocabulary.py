@@ -54,7 +54,8 @@ def test_bpe_is_refused_naming_the_reason() -> None:
 def test_the_token_table_keeps_the_kept_rows_in_order() -> None:
     full_json = _xlmr_tokenizer_json()
     vocabulary = trim(full_json, CORPUS[:20])
-    table = np.random.default_rng(0).normal(size=(vocabulary.original_size, 4)).astype(np.float32)
+    # A padded vocabulary: rows past the tokenizer's last id are unreachable, and go too.
+    table = np.random.default_rng(0).normal(size=(vocabulary.original_size + 3, 4)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "input_ids"], ["rows"], axis=0)], "g",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n"])],
@@ -62,6 +63,7 @@ def test_the_token_table_keeps_the_kept_rows_in_order() -> None:
         [numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     trim_embedding_table(model, vocabulary)
+    assert numpy_helper.to_array(model.graph.initializer[0]).shape == (len(vocabulary.kept), 4)
     full, trimmed = Tokenizer.from_str(full_json), Tokenizer.from_str(vocabulary.tokenizer_json)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for text in CORPUS[:20]:
