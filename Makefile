@@ -6,7 +6,7 @@
 #   make bench DATA=<job-title-similarity folder>    speed, quality, then the report
 #   make levers DATA=<job-title-similarity folder>   what each speed/accuracy lever does
 #   make serve-bench DATA=...   the server's load test, with infinity-emb as the peer (bench/serve.py)
-#   make batch-bench DATA=...   dataset embedding, local engine and Ray (bench/batch.py)
+#   make datasets-bench DATA=...   dataset embedding, local engine and Ray (bench/datasets.py)
 PYTHON   ?= python3
 VENV     ?= .venv
 MODEL    ?= TechWolf/JobBERT-v3
@@ -17,7 +17,7 @@ PIP       = $(VENV)/bin/python -m pip --disable-pip-version-check
 
 SEED_TITLES = 'Software Engineer' '高级软件开发人员' 'Produktmanager' 'Científica de datos'
 
-.PHONY: venv demo test test-fast bench levers serve-bench batch-bench clean
+.PHONY: venv demo test test-fast bench levers serve-bench datasets-bench batch-bench clean
 
 venv: $(VENV)/.installed
 
@@ -56,12 +56,15 @@ serve-bench: venv $(PEER_INFINITY)/.installed
 	@test -n "$(DATA)" || { echo "make serve-bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
 	$(VENV)/bin/python -m bench.serve --data "$(DATA)"
 
-batch-bench: venv
-	@test -n "$(DATA)" || { echo "make batch-bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
-	$(VENV)/bin/python -m bench.batch --data "$(DATA)"
+datasets-bench: venv
+	@test -n "$(DATA)" || { echo "make datasets-bench: give DATA=<job-title-similarity folder (en/ de/ es/ zh/)>"; exit 2; }
+	$(VENV)/bin/python -m bench.datasets --data "$(DATA)"
+
+# its former name
+batch-bench: datasets-bench
 
 clean:
-	rm -rf $(VENV) .venv-runtime .venv-runtime-floors .venv-runtime-serve .venv-runtime-batch .venv-runtime-ray artifacts
+	rm -rf $(VENV) .venv-runtime .venv-runtime-floors .venv-runtime-serve .venv-runtime-datasets .venv-runtime-batch .venv-runtime-ray artifacts
 
 # The peers that `bench.speed` runs beside ours (bench/peers.py), each in its own venv, which
 # `make bench` builds once. sentence-transformers' ONNX backend needs optimum-onnx, which pins

@@ -3,7 +3,7 @@
 # venv that has only `pip install .` (once with the latest releases, once with the floors of
 # tests/runtime-floors.txt), and fail if the export stack is importable there. A third venv has
 # `pip install ".[serve]"`: the same checks, then the server starts, embeds and drains on SIGTERM.
-# Two more have `pip install ".[batch]"` and `".[ray]"`: the same checks, then `embed-dataset` runs
+# Two more have `pip install ".[datasets]"` and `".[ray]"`: the same checks, then `embed-dataset` runs
 # (on the local engine, and on Ray in the second) and matches the Python API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +85,7 @@ PY
   [ "$status" -eq 0 ] || { echo "$1: the server exited with $status after SIGTERM" >&2; exit 1; }
 }
 
-check_dataset() {  # $1: a venv from check_venv with the [batch] or [ray] extra, $2...: embed-dataset arguments
+check_dataset() {  # $1: a venv from check_venv with the [datasets] or [ray] extra, $2...: embed-dataset arguments
   local venv=$1 python
   python=$(cd "$1" && pwd)/bin/python
   shift
@@ -100,7 +100,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 from jobbert_onnx import Embedder
-from jobbert_onnx.batch import TableEmbedder, embed_dataset  # noqa: F401 (importable)
+from jobbert_onnx.datasets import TableEmbedder, embed_dataset  # noqa: F401 (importable)
 
 table = pq.read_table(sys.argv[2]).sort_by("id")
 assert table["id"].to_pylist() == [1, 2, 3], table["id"]
@@ -116,7 +116,7 @@ check_venv "$RUNTIME_VENV" .
 check_venv "$RUNTIME_VENV-floors" . --constraint tests/runtime-floors.txt
 check_venv "$RUNTIME_VENV-serve" ".[serve]"
 check_serve "$RUNTIME_VENV-serve"
-check_venv "$RUNTIME_VENV-batch" ".[batch]"
-check_dataset "$RUNTIME_VENV-batch"
+check_venv "$RUNTIME_VENV-datasets" ".[datasets]"
+check_dataset "$RUNTIME_VENV-datasets"
 check_venv "$RUNTIME_VENV-ray" ".[ray]"
 check_dataset "$RUNTIME_VENV-ray" --engine ray --workers 1

@@ -189,6 +189,6 @@ def test_embed_dataset_without_pyarrow_names_the_extra(artifact, tmp_path):
             "sys.exit(main(sys.argv[1:]))")
     result = subprocess.run([sys.executable, "-c", code, "embed-dataset", str(artifact), str(tmp_path / "in.csv"),
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert_one_line_error(result, "embed-dataset needs the [batch] extra: pip install 'jobbert-onnx[batch]'")
+    assert_one_line_error(result, "embed-dataset needs the [datasets] extra: pip install 'jobbert-onnx[datasets]'")
     help_text = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "embed-dataset" in help_text.stdout  # listed without pyarrow

@@ -207,11 +207,11 @@ def test_one_reader_rule_and_error_for_both_commands(tmp_path: Path) -> None:
     """`embed --input` and `embed-dataset` share the format by name, the JSON-line rule and the error
     type (jobbert_onnx.embed_files); a malformed line gives the same reason in both."""
     pytest.importorskip("pyarrow")
-    from jobbert_onnx import batch
-    from jobbert_onnx.batch import inputs
-    from jobbert_onnx.batch.table import KNOWN_BAD_COLUMN
+    from jobbert_onnx import datasets
+    from jobbert_onnx.datasets import inputs
+    from jobbert_onnx.datasets.table import KNOWN_BAD_COLUMN
 
-    assert batch.InputError is InputError and inputs.InputError is InputError
+    assert datasets.InputError is InputError and inputs.InputError is InputError
     assert inputs.format_of is embed_files.format_of
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n[1, 2]\n', encoding="utf-8")

@@ -14,11 +14,11 @@ from jobbert_onnx.lazy import lazy_exports
 def test_packages_import_without_their_heavy_dependencies():
     code = (
         "import sys\n"
-        "import jobbert_onnx.export, jobbert_onnx.batch, jobbert_onnx.serve\n"
+        "import jobbert_onnx.export, jobbert_onnx.datasets, jobbert_onnx.serve\n"
         "loaded = [m for m in ('torch', 'transformers', 'pyarrow', 'starlette', 'uvicorn') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
         "assert jobbert_onnx.serve.Limits().max_inputs > 0\n"
-        "assert jobbert_onnx.batch.TableEmbedder.__name__ == 'TableEmbedder' and 'pyarrow' in sys.modules\n"
+        "assert jobbert_onnx.datasets.TableEmbedder.__name__ == 'TableEmbedder' and 'pyarrow' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from jobbert_onnx.artifact_summary import summary_lines
-from jobbert_onnx.batch.cli import add_parser as add_dataset_parser  # pyarrow loads only when it runs
+from jobbert_onnx.datasets.cli import add_parser as add_dataset_parser  # pyarrow loads only when it runs
 from jobbert_onnx.embed_files import embeddings_writer, read_texts, refuse_input_as_output
 from jobbert_onnx.export import defaults  # torch-free: the exporter's choices and defaults
 from jobbert_onnx.runtime.errors import JobbertOnnxError

@@ -9,7 +9,7 @@ Both commands that read texts from files read them by the rules here, and fail w
   and reason.
 
 `embed --input FILE` reads a whole file here (`read_texts`), with the standard library only, so
-the core CLI needs no pyarrow; `embed-dataset` streams large inputs with pyarrow (`batch.inputs`),
+the core CLI needs no pyarrow; `embed-dataset` streams large inputs with pyarrow (`datasets.inputs`),
 with these formats, this JSON-line rule and this error.
 
 `read_texts` reads line by line, never the file as one string, with the `csv` and `json` modules

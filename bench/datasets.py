@@ -1,9 +1,9 @@
 """Embedding a dataset: the local engine and Ray against `Embedder.encode` on the unique texts.
 
-    python -m bench.batch --data DATA [--rows 1000000] [--memory-rows 100000,1000000] [--dedup-rows 20000]
+    python -m bench.datasets --data DATA [--rows 1000000] [--memory-rows 100000,1000000] [--dedup-rows 20000]
 
 Input: `--rows` job titles drawn from the data with Zipf repetition (s = 1.1 over the titles in a
-fixed shuffled order), with ids, as Parquet (cached in bench/cache/batch/). On the JobBERT-sized
+fixed shuffled order), with ids, as Parquet (cached in bench/cache/datasets/). On the JobBERT-sized
 int8 artifact that `python -m bench.speed` builds (`--artifact` to use another), it measures:
 
 - rows/s of the local engine, of Ray with 1 and with 2 actors of 1 thread, and the ceiling:
@@ -15,7 +15,7 @@ int8 artifact that `python -m bench.speed` builds (`--artifact` to use another),
 
 Each engine runs in its own process, one after another, alone on the machine (hold the shared
 lock). Ray's time includes starting Ray and its actors, as a user's job would. Results go to
-bench/results/batch.{json,md}.
+bench/results/datasets.{json,md}.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from bench.machine import machine_info
 from bench.workload import load_tasks, unique_titles
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / "cache" / "batch"
+CACHE = HERE / "cache" / "datasets"
 RESULTS = HERE / "results"
 ZIPF_S = 1.1
 # bench.speed's GPU figures (docs/benchmarks.md, "GPU": NVIDIA H200, fp16, titles/s at batch 256) and its CPU
@@ -56,7 +56,7 @@ if args["kind"] == "ceiling":
     embedder.encode(texts, batch_size=32)
     result = {"unique_texts": len(texts)}
 else:
-    from jobbert_onnx.batch import embed_dataset
+    from jobbert_onnx.datasets import embed_dataset
     result = embed_dataset(args["artifact"], args["input"], args["output"], id_column="id", show_progress=False,
                            **args["options"])
 result["seconds"] = time.perf_counter() - start
@@ -66,7 +66,7 @@ print(json.dumps(result))
 
 
 def _log(message: str) -> None:
-    print(f"[bench.batch] {message}", file=sys.stderr, flush=True)
+    print(f"[bench.datasets] {message}", file=sys.stderr, flush=True)
 
 
 def zipf_input(titles: list[str], rows: int, seed: int = 20261126) -> Path:
@@ -96,7 +96,7 @@ def prefix(source: Path, rows: int) -> Path:
     return path
 
 
-PARTIAL_NAME = "batch.partial.json"  # every run as it ends, so that an interrupted benchmark keeps them
+PARTIAL_NAME = "datasets.partial.json"  # every run as it ends, so that an interrupted benchmark keeps them
 
 
 def measure(kind: str, artifact: Path, source: Path, options: dict | None = None) -> dict:
@@ -121,7 +121,7 @@ def markdown(report: dict) -> str:
     m, r = report["machine"], report["results"]
     rows = report["rows"]
     lines = [
-        "# Embedding a dataset (`python -m bench.batch`)",
+        "# Embedding a dataset (`python -m bench.datasets`)",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; onnxruntime {m['versions'].get('onnxruntime')}, "
         f"ray {report['ray']}, pyarrow {report['pyarrow']}; {report['date']}. {report['label']}",
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dedup-rows", type=int, default=20_000)
     parser.add_argument("--label", default="", help="a note for the report (e.g. 'reduced run')")
     parser.add_argument("--results", type=Path, default=HERE / "results",
-                        help="folder for batch.{json,md} (default bench/results; a trial run can write elsewhere)")
+                        help="folder for datasets.{json,md} (default bench/results; a trial run can write elsewhere)")
     args = parser.parse_args(argv)
     RESULTS = args.results
     if not (args.artifact / "manifest.json").is_file():
@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> None:
               "artifact": str(args.artifact.relative_to(HERE.parent)) if args.artifact.is_relative_to(HERE.parent)
               else str(args.artifact), "results": results, "targets": targets, "paper": paper}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "batch.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (RESULTS / "batch.md").write_text(markdown(report))
+    (RESULTS / "datasets.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (RESULTS / "datasets.md").write_text(markdown(report))
     (RESULTS / PARTIAL_NAME).unlink(missing_ok=True)
     print(markdown(report))
 

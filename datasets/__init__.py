@@ -1,6 +1,6 @@
 """Embed datasets: Parquet, CSV or JSON-lines rows in, a Parquet dataset of ids and embeddings out.
 
-Needs the `[batch]` extra (pyarrow); the Ray engine needs `[ray]` (ray[data]).
+Needs the `[datasets]` extra (pyarrow); the Ray engine needs `[ray]` (ray[data]).
 
 - `embed_dataset`: the whole job, on the local engine (streaming, resumable) or on Ray Data.
 - `DatasetSettings`: its settings, one frozen dataclass (the `embed-dataset` flags come from it).

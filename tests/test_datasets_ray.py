@@ -20,17 +20,17 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from jobbert_onnx.batch import BadRowError, InputError, OutputFolderError, embed_dataset
-from jobbert_onnx.batch.output import OutputFolder
-from jobbert_onnx.batch import ray_engine
-from jobbert_onnx.batch.ray_engine import RayEmbedBatches
+from jobbert_onnx.datasets import BadRowError, InputError, OutputFolderError, embed_dataset
+from jobbert_onnx.datasets.output import OutputFolder
+from jobbert_onnx.datasets import ray_engine
+from jobbert_onnx.datasets.ray_engine import RayEmbedBatches
 from jobbert_onnx.runtime import Embedder
-from tests.batch_data import embeddings, rows, write
+from tests.dataset_data import embeddings, rows, write
 
-# Run by tests/test_batch_ray_process.py in a pytest process of its own (see why there).
+# Run by tests/test_datasets_ray_process.py in a pytest process of its own (see why there).
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("JOBBERT_ONNX_RAY_TESTS") != "child",
-    reason="runs in its own process, from tests/test_batch_ray_process.py (JOBBERT_ONNX_RAY_TESTS=child)")]
+    reason="runs in its own process, from tests/test_datasets_ray_process.py (JOBBERT_ONNX_RAY_TESTS=child)")]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ATOL = 1e-6
 

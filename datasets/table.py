@@ -111,7 +111,7 @@ class TableEmbedder:
             in `EmbeddedBatch.rejects`.
         cache_mb: size of the cache of embeddings across batches (0: none).
         dedup: embed each distinct text of a batch once (False only to measure what it saves).
-    Defaults and allowed values are those of `DatasetSettings` (batch.defaults).
+    Defaults and allowed values are those of `DatasetSettings` (datasets.defaults).
     """
 
     def __init__(
@@ -217,7 +217,7 @@ class TableEmbedder:
 
         Calling it on the next few batches before embedding them one by one lets their new texts
         run sorted by length in full batches: embedding each batch's few new texts on its own runs
-        them in small, padded batches (`bench/results/batch.md`). Rows that are not plain strings, and
+        them in small, padded batches (`bench/results/datasets.md`). Rows that are not plain strings, and
         texts the runtime refuses, are left to the per-batch call, which reports them. Lookups here
         are not counted as cache hits or misses: the per-batch calls count theirs. The keys of the
         texts it leaves in the cache are kept until the next call, so that the per-batch calls do not

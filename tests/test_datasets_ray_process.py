@@ -1,4 +1,4 @@
-"""Runs the Ray engine's tests (tests/test_batch_ray.py, tests/test_batch_ray_cluster.py) in a
+"""Runs the Ray engine's tests (tests/test_datasets_ray.py, tests/test_datasets_ray_cluster.py) in a
 pytest process of their own, with a deadline.
 
 Why not in this process: a Ray driver changes the process it runs in for good. `ray.init` makes
@@ -13,7 +13,7 @@ The child also gets its own RAY_TMPDIR, so it never joins another Ray instance o
 (`ray.init()` connects to the cluster named in /tmp/ray/ray_current_cluster, which
 `ray.cluster_utils.Cluster` writes), and no RAY_ADDRESS.
 
-To run the Ray tests directly: `JOBBERT_ONNX_RAY_TESTS=child pytest tests/test_batch_ray.py`.
+To run the Ray tests directly: `JOBBERT_ONNX_RAY_TESTS=child pytest tests/test_datasets_ray.py`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pytest
 pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ["tests/test_batch_ray.py", "tests/test_batch_ray_cluster.py"]
+MODULES = ["tests/test_datasets_ray.py", "tests/test_datasets_ray_cluster.py"]
 DEADLINE_S = 600  # about 110 s on an idle 2-core machine
 STACKS_AFTER_S = 240  # a test stuck this long prints every thread's stack (pytest's faulthandler)
 

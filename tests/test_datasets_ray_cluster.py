@@ -14,15 +14,15 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from jobbert_onnx.batch import embed_dataset
-from jobbert_onnx.batch.ray_engine import RayEmbedBatches
+from jobbert_onnx.datasets import embed_dataset
+from jobbert_onnx.datasets.ray_engine import RayEmbedBatches
 from tests import toy_artifact
-from tests.batch_data import embeddings, rows, write
+from tests.dataset_data import embeddings, rows, write
 
-# Run by tests/test_batch_ray_process.py in a pytest process of its own (see why there).
+# Run by tests/test_datasets_ray_process.py in a pytest process of its own (see why there).
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("JOBBERT_ONNX_RAY_TESTS") != "child",
-    reason="runs in its own process, from tests/test_batch_ray_process.py (JOBBERT_ONNX_RAY_TESTS=child)")]
+    reason="runs in its own process, from tests/test_datasets_ray_process.py (JOBBERT_ONNX_RAY_TESTS=child)")]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 

@@ -12,7 +12,7 @@ checkpointing (`DataContext.checkpoint_config`, keyed by the id column, kept in
 `OUTPUT/_checkpoint/`): before a file is written its ids go to a pending checkpoint, which is
 renamed once the file is complete; a restarted job deletes the files of pending checkpoints and
 skips the ids of committed ones. Ray retries a task whose actor died. Nothing here schedules,
-retries or tracks work itself; `tests/test_batch_ray.py` pins the behaviour this relies on.
+retries or tracks work itself; `tests/test_datasets_ray.py` pins the behaviour this relies on.
 
 That checkpoint needs every id non-null and unique: a repeated id would be written twice, or
 skipped on resume as if done. So before Ray starts, the driver reads the id column of every file
@@ -99,7 +99,7 @@ def _our_error(exc: BaseException) -> BaseException | None:
         if type(e) in (BadRowError, InputError):
             return e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    found = re.search(r"jobbert_onnx\.(?:batch\.table|embed_files)\.(BadRowError|InputError): (.+)", str(exc))
+    found = re.search(r"jobbert_onnx\.(?:datasets\.table|embed_files)\.(BadRowError|InputError): (.+)", str(exc))
     if found is None:
         return None
     return {"BadRowError": BadRowError, "InputError": InputError}[found.group(1)](found.group(2).strip())

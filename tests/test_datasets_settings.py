@@ -1,4 +1,4 @@
-"""The dataset settings, declared once (`batch.defaults.DatasetSettings`): the flags, the Python API's
+"""The dataset settings, declared once (`datasets.defaults.DatasetSettings`): the flags, the Python API's
 checks, the resume check and the settings table of docs/datasets.md all come from its fields.
 
 The flag and settings tests need no pyarrow; the runs use the toy artifact.
@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from jobbert_onnx.batch import cli as batch_cli
-from jobbert_onnx.batch.defaults import SAME_EMBEDDINGS, SAME_RUN, DatasetSettings, flag_fields, resume_keys
+from jobbert_onnx.datasets import cli as datasets_cli
+from jobbert_onnx.datasets.defaults import SAME_EMBEDDINGS, SAME_RUN, DatasetSettings, flag_fields, resume_keys
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
-TABLE_START = "<!-- settings table: from batch.defaults.DatasetSettings, checked by tests/test_batch_settings.py -->"
+TABLE_START = "<!-- settings table: from datasets.defaults.DatasetSettings, checked by tests/test_datasets_settings.py -->"
 TABLE_END = "<!-- end of the settings table -->"
 
 
 def parse(*flags: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    batch_cli.add_parser(parser.add_subparsers())
+    datasets_cli.add_parser(parser.add_subparsers())
     return parser.parse_args(["embed-dataset", "artifact", "in", "out", *flags])
 
 
@@ -78,7 +78,7 @@ def test_none_passes_only_where_it_is_the_default() -> None:
 
 
 def test_an_unknown_keyword_is_named(artifact: Path, tmp_path: Path) -> None:
-    from jobbert_onnx.batch import embed_dataset
+    from jobbert_onnx.datasets import embed_dataset
 
     with pytest.raises(TypeError, match=r"'batchrows' is not a dataset setting; the settings are: text_column, "):
         embed_dataset(artifact, tmp_path / "in.csv", tmp_path / "out", batchrows=10)
@@ -88,7 +88,7 @@ def test_an_unknown_keyword_is_named(artifact: Path, tmp_path: Path) -> None:
 def test_the_signature_lists_every_setting() -> None:
     import inspect
 
-    from jobbert_onnx.batch import embed_dataset
+    from jobbert_onnx.datasets import embed_dataset
 
     parameters = inspect.signature(embed_dataset).parameters
     for item in dataclasses.fields(DatasetSettings):
@@ -106,7 +106,7 @@ def test_the_resume_record_keeps_its_keys() -> None:
 
 def test_a_resumed_run_with_other_settings_is_told_the_flag(artifact: Path, tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
-    from jobbert_onnx.batch import OutputFolderError, embed_dataset
+    from jobbert_onnx.datasets import OutputFolderError, embed_dataset
 
     source = tmp_path / "in.csv"
     source.write_text("id,job title,text\n1,nurse,care\n2,python developer,code\n")
@@ -126,7 +126,7 @@ def test_a_resumed_run_with_other_settings_is_told_the_flag(artifact: Path, tmp_
 
 def test_table_embedder_checks_its_settings(embedder) -> None:
     pytest.importorskip("pyarrow")
-    from jobbert_onnx.batch import TableEmbedder
+    from jobbert_onnx.datasets import TableEmbedder
 
     for name, value in (("batch_size", 0), ("cache_mb", -1), ("on_bad_row", "ignore")):
         with pytest.raises(ValueError, match=rf"^{name}="):

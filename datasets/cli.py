@@ -1,7 +1,7 @@
 """The `embed-dataset` subcommand: its arguments and what it runs.
 
 `jobbert-onnx embed-dataset ...` (the main CLI adds it with `add_parser`) and
-`python -m jobbert_onnx.batch embed-dataset ...` are the same command.
+`python -m jobbert_onnx.cli embed-dataset ...` are the same command.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                       "(s3://, gs://, hdfs://, any fsspec URL)")
     parser.add_argument("output", help="output folder (local or URL); it may lie inside the input folder, and one "
                                        "run at a time writes it")
-    for flags, item in flag_fields():  # one flag per setting, from its field (batch.defaults)
+    for flags, item in flag_fields():  # one flag per setting, from its field (datasets.defaults)
         meta, options = item.metadata, {}
         if isinstance(item.default, bool):
             options["action"] = "store_false" if item.default else "store_true"
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         from .api import embed_dataset
     except ImportError as exc:
-        raise JobbertOnnxError(f"embed-dataset needs the [batch] extra: pip install 'jobbert-onnx[batch]' "
+        raise JobbertOnnxError(f"embed-dataset needs the [datasets] extra: pip install 'jobbert-onnx[datasets]' "
                                f"({exc}).") from None
     summary = embed_dataset(args.artifact, args.input, args.output, settings)
     print(f"{args.output}: {json.dumps(summary)}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Each setting of `embed_dataset` is a field of the frozen dataclass `DatasetSettings` (`_setting`),
 holding its default, its help, its allowed values (a `Bound` or a list of choices), its flags and
 whether a resumed run must keep it. From these fields come the `embed-dataset` flags
-(`batch.cli`), the Python API's checks (`DatasetSettings.check`, which names the keyword, or the
+(`datasets.cli`), the Python API's checks (`DatasetSettings.check`, which names the keyword, or the
 flag on the command line, and the value), the settings table of docs/datasets.md (a test compares
 them) and the resume check (`resume_record`, `resume_keys`: what `_run.json` records and a resumed
 run must match). The structure is that of `serve.config` (`Bound`, `_bounded`, `check_bounds`),

@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobbert_onnx.batch import BadRowError, InputError, OutputFolderError, embed_dataset, local
+from jobbert_onnx.datasets import BadRowError, InputError, OutputFolderError, embed_dataset, local
 from jobbert_onnx.cli import main
-from tests.test_batch import FailingEmbedder
-from tests.batch_data import distinct_texts, rows, write
+from tests.test_datasets import FailingEmbedder
+from tests.dataset_data import distinct_texts, rows, write
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = distinct_texts(8)
@@ -118,7 +118,7 @@ def test_resume_with_repeated_ids_is_exactly_once(artifact: Path, tmp_path: Path
 @pytest.mark.parametrize("kind", ["int", "uint64", "string"])
 def test_seen_ids_finds_every_repeat(kind: str) -> None:
     """Against a Python set, over many batches (the sorted levels merge as they grow)."""
-    from jobbert_onnx.batch.ids import SeenIds
+    from jobbert_onnx.datasets.ids import SeenIds
 
     rng = np.random.default_rng(1)
     seen, reference = SeenIds(), set()
@@ -291,7 +291,7 @@ def test_row_over_the_block_names_the_flag(artifact: Path, tmp_path: Path, suffi
 HOLDS_THE_FOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from jobbert_onnx.batch import embed_dataset
+    from jobbert_onnx.datasets import embed_dataset
     from jobbert_onnx.runtime import Embedder
 
     class Waits(Embedder):
@@ -367,7 +367,7 @@ def test_numeric_flags_out_of_range_are_one_line(artifact: Path, tmp_path: Path,
                                              ([1, None, 3], r"id=None, input row 2 in .*b\.parquet: id is null")])
 def test_ray_engine_refuses_null_and_repeated_ids(artifact: Path, tmp_path: Path, monkeypatch, ids, reason) -> None:
     pytest.importorskip("ray")
-    from jobbert_onnx.batch import ray_engine
+    from jobbert_onnx.datasets import ray_engine
 
     write(pa.table({"id": [7], "text": [WORDS[0]]}), tmp_path / "in" / "a.parquet")
     write(pa.table({"id": pa.array(ids, pa.int64()), "text": WORDS[:3]}), tmp_path / "in" / "b.parquet")
@@ -383,8 +383,8 @@ def test_ray_engine_refuses_null_and_repeated_ids(artifact: Path, tmp_path: Path
 
 
 def test_ray_engine_refuses_a_malformed_json_line(artifact: Path, tmp_path: Path) -> None:
-    from jobbert_onnx.batch import ray_engine
-    from jobbert_onnx.batch.inputs import resolve_input
+    from jobbert_onnx.datasets import ray_engine
+    from jobbert_onnx.datasets.inputs import resolve_input
 
     source = tmp_path / "in.jsonl"
     source.write_text(MALFORMED)

@@ -53,7 +53,7 @@ _SHARD = re.compile(r"part-(\d{6})\.parquet\Z")
 # the temporary files of an interrupted write. Nothing else there is deleted.
 _REJECT_PART = re.compile(r"(part-\d{6}|ray-[0-9a-f]{32})\.parquet\Z|\..+\.partial\Z")
 # What must match for a run to add to an existing folder (the settings' own declarations, in
-# `batch.defaults`, and what the artifact decides), and what to tell the user if not.
+# `datasets.defaults`, and what the artifact decides), and what to tell the user if not.
 _SAME_EMBEDDINGS = ("artifact_sha256", *resume_keys(SAME_EMBEDDINGS), "dimension")
 _SAME_RUN = resume_keys(SAME_RUN)
 

@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobbert_onnx.batch import local
-from jobbert_onnx.batch import BadRowError, InputError, OutputFolderError, TableEmbedder, embed_dataset
-from jobbert_onnx.batch.inputs import _glob_regex, resolve_input
+from jobbert_onnx.datasets import local
+from jobbert_onnx.datasets import BadRowError, InputError, OutputFolderError, TableEmbedder, embed_dataset
+from jobbert_onnx.datasets.inputs import _glob_regex, resolve_input
 from jobbert_onnx.runtime import Embedder, TextTooLongError, UnknownHeadError
 from jobbert_onnx.runtime.cache import ENTRY_OVERHEAD, EmbeddingCache
 from tests import toy_artifact
-from tests.batch_data import distinct_texts, embeddings, rows, write
+from tests.dataset_data import distinct_texts, embeddings, rows, write
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-6  # a text's embedding alone or in another batch: equal up to float summation order
@@ -432,8 +432,8 @@ def test_new_texts_of_the_next_shards_are_embedded_together(artifact: Path, tmp_
 
 KILL_MID_WRITE = textwrap.dedent("""
     import io, os, signal, sys
-    from jobbert_onnx.batch import embed_dataset
-    from jobbert_onnx.batch.output import OutputFolder
+    from jobbert_onnx.datasets import embed_dataset
+    from jobbert_onnx.datasets.output import OutputFolder
 
     write = OutputFolder._write
 
@@ -546,7 +546,7 @@ def test_command(artifact: Path, tmp_path: Path) -> None:
 
 def test_the_command_loads_without_pyarrow() -> None:
     """The main CLI adds embed-dataset to its parser: that must not import pyarrow (a runtime-only install)."""
-    code = ("import argparse, sys; from jobbert_onnx.batch.cli import add_parser; "
+    code = ("import argparse, sys; from jobbert_onnx.datasets.cli import add_parser; "
             "add_parser(argparse.ArgumentParser().add_subparsers()); print('pyarrow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
@@ -556,7 +556,7 @@ MEASURE_MEMORY = textwrap.dedent("""
     import re, sys
     from pathlib import Path
     import pyarrow as pa
-    from jobbert_onnx.batch import embed_dataset, inputs
+    from jobbert_onnx.datasets import embed_dataset, inputs
 
     # Smaller reads, so that the smaller input too fills them: Parquet batches and CSV blocks, of
     # which pyarrow reads a fixed number ahead.
