@@ -177,12 +177,26 @@ def _trim_vocabulary(corpus: Path, hf_tokenizer, spec: CheckpointSpec) -> _Trimm
     return _Trimming(vocabulary, trimmed, record, lines)
 
 
+def _trim_artifact(stage: Path, trimming: _Trimming, spec: CheckpointSpec, encoder_info: dict) -> TokenizerEntry:
+    """Trim the staged artifact, whose plan was chosen on the full vocabulary: the encoder's token
+    tables keep the kept rows (int8 calibrated on the full vocabulary, so a corpus text gets the
+    untrimmed artifact's numbers), and the trimmed tokenizer replaces the full one."""
+    import onnx
+
+    from .vocabulary import trim_embedding_table
+
+    encoder = stage / graphs.ENCODER_FILE
+    model = onnx.load(str(encoder))
+    trim_embedding_table(model, trimming.vocabulary)
+    save_graph(model, encoder, external_weights=True)
+    encoder_info["vocabulary"] = trimming.record
+    return _write_tokenizer(spec, trimming.tokenizer, stage)
+
+
 def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Options | None,
-           calibration: Iterable[dict[str, np.ndarray]] = (), external_weights: bool = False,
-           trimming: _Trimming | None = None) -> dict:
+           calibration: Iterable[dict[str, np.ndarray]] = (), external_weights: bool = False) -> dict:
     """Copy or transform one fp32 graph into the artifact, writing it once; returns what was
-    done, for the manifest. With `trimming`, the token table keeps only the kept rows, after the
-    transform: int8 calibrates on the full vocabulary, so the corpus gets the full artifact's numbers."""
+    done, for the manifest."""
     (stage / rel).parent.mkdir(parents=True, exist_ok=True)
     if transform is None and not external_weights:
         shutil.copyfile(fp32 / rel, stage / rel)
@@ -192,11 +206,6 @@ def _place(fp32: Path, stage: Path, rel: str, transform: Fp16Options | Int8Optio
     model, info = onnx.load(str(fp32 / rel)), dict(UNCHANGED)
     if transform is not None:
         model, info = transform.apply(model, calibration)
-    if trimming is not None:
-        from .vocabulary import trim_embedding_table
-
-        trim_embedding_table(model, trimming.vocabulary)
-        info = {**info, "vocabulary": trimming.record}
     save_graph(model, stage / rel, external_weights)
     return info
 
@@ -229,14 +238,16 @@ def export_model(config: ExportConfig) -> Path:
     calibration_texts = texts if config.precision == "int8" else None
     if config.validate:  # with the checkpoint's tokenizer: the probes sentence-transformers tokenizes alike
         probes = tokenizer_check.validation_probes(probes)
-    trimming = None
+    trimming = covered = None
     if config.keep_vocabulary is not None:
         trimming = _trim_vocabulary(config.keep_vocabulary, hf_tokenizer, spec)
-        # Texts outside the corpus may split otherwise, by design: validate on corpus texts and the
-        # probes whose pieces were all kept.
-        sample = trimming.corpus[::max(1, len(trimming.corpus) // 32)][:32]
-        probes = trimming.covered(list(dict.fromkeys([*probes, *sample])), hf_tokenizer)
-        if not probes:
+        # The plans are validated on the full vocabulary with every probe (the same choice as an
+        # untrimmed export); the trimmed artifact then on the corpus texts and the probes whose
+        # pieces were all kept (texts outside the corpus may split otherwise, by design).
+        probes = list(dict.fromkeys([*probes, *trimming.corpus[::max(1, len(trimming.corpus) // 32)][:32]]))
+        kept = set(trimming.covered(probes, hf_tokenizer))
+        covered = [i for i, text in enumerate(probes) if text in kept]
+        if not covered:
             raise ValueError(f"{config.keep_vocabulary}: no validation text is covered by the kept vocabulary")
     steps = 3 + len(spec.heads) + 2 * config.validate
     with tqdm(total=steps, desc="export", unit="step", disable=not config.show_progress) as progress:
@@ -263,7 +274,7 @@ def export_model(config: ExportConfig) -> Path:
             pooling_info = _place(fp32.folder, stage, graphs.POOLING_FILE, None)
             for entry in fp32.heads.values():
                 entry.transform = _place(fp32.folder, stage, entry.file, head_transform)
-            tokenizer = _write_tokenizer(spec, trimming.tokenizer if trimming else hf_tokenizer, stage)
+            tokenizer = _write_tokenizer(spec, hf_tokenizer, stage)
 
             def rank() -> list[str]:
                 import onnx
@@ -282,8 +293,7 @@ def export_model(config: ExportConfig) -> Path:
             plans = int8_plans.int8_plans(encoder_transform, rank) if laddered else [encoder_transform]
             attempts: list[dict] = []
             for plan in plans:
-                encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, plan, feeds, external_weights=True,
-                                      trimming=trimming)
+                encoder_info = _place(fp32.folder, stage, graphs.ENCODER_FILE, plan, feeds, external_weights=True)
                 if fusion is not None:
                     encoder_info["fusion"] = fusion
                 if calibration_texts:
@@ -317,6 +327,14 @@ def export_model(config: ExportConfig) -> Path:
                     attempts.append({"fp32_matmuls": len(plan.fp32_matmuls), "min_cosine": round(worst, 7)})
                 if worst >= config.threshold + config.target_margin:
                     break
+            if trimming is not None:
+                manifest.tokenizer = _trim_artifact(stage, trimming, spec, encoder_info)
+                manifest.record_files(stage)
+                manifest.save(stage)
+                if reference is not None:
+                    probes = [probes[i] for i in covered]
+                    reference = {head: vectors[covered] for head, vectors in reference.items()}
+                    results = validate_artifact(stage, probes, reference)
             if reference is not None:
                 manifest.validation = {
                     "performed": True,

@@ -34,6 +34,9 @@ def test_trimmed_artifact_embeds_its_corpus_as_the_full_one(request, exported, t
     assert record["trimmed"] and record["corpus_texts"] == len(CORPUS)
     assert record["kept_tokens"] < record["original_tokens"]
     assert manifest["validation"]["performed"]
+    # The int8 plan is chosen on the full vocabulary with every probe, as an untrimmed export does.
+    full_manifest = json.loads((full / "manifest.json").read_text())
+    assert manifest["encoder"]["transform"].get("fp32_matmuls") == full_manifest["encoder"]["transform"].get("fp32_matmuls")
     assert (trimmed / "encoder.onnx.data").stat().st_size < (full / "encoder.onnx.data").stat().st_size
     # The shipped tokenizer numbers the kept tokens in their old order, so every corpus text's ids
     # are its full ids, renumbered.
