@@ -13,7 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from jobbert_onnx.runtime.manifest import EncoderEntry, HeadEntry, Manifest, PoolingEntry, TokenizerEntry
+from jobbert_onnx.runtime.manifest import EncoderEntry, HeadEntry, Manifest, PoolingEntry, TokenizerEntry, sha256_of
 
 from . import graphs, int8_plans
 from .artifact import check_target, save_graph, staged_folder
@@ -144,22 +144,16 @@ class _Trimming:
     record: dict[str, Any]
     corpus: list[str]
 
-    def covered(self, texts: list[str], original) -> list[str]:
-        """The texts that the trimmed tokenizer splits exactly as the full one (remapped): those
-        whose pieces were all kept. Validation compares on these."""
-        kept = set(self.vocabulary.kept.tolist())
-        out = []
-        for text in texts:
-            ids = original(text.strip())["input_ids"]
-            if set(ids) <= kept and self.tokenizer(text.strip())["input_ids"] == self.vocabulary.remap(ids):
-                out.append(text)
-        return out
+    def covered(self, texts: list[str], original) -> list[int]:
+        """Indices of the texts that the trimmed tokenizer splits exactly as the full one
+        (remapped): those whose pieces were all kept. Validation compares on these."""
+        alike = self.vocabulary.alike(original.backend_tokenizer, self.tokenizer.backend_tokenizer,
+                                      [text.strip() for text in texts])
+        return [i for i, ok in enumerate(alike) if ok]
 
 
 def _trim_vocabulary(corpus: Path, hf_tokenizer, spec: CheckpointSpec) -> _Trimming:
     """The vocabulary that the texts of `corpus` (one per line) need, with and without each prompt."""
-    import hashlib
-
     from transformers import PreTrainedTokenizerFast
 
     from .vocabulary import trim
@@ -173,7 +167,7 @@ def _trim_vocabulary(corpus: Path, hf_tokenizer, spec: CheckpointSpec) -> _Trimm
     trimmed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(vocabulary.tokenizer_json),
                                       model_input_names=hf_tokenizer.model_input_names,
                                       model_max_length=spec.transformer.max_seq_length, **special)
-    record = vocabulary.to_manifest(len(lines), hashlib.sha256(corpus.read_bytes()).hexdigest())
+    record = vocabulary.to_manifest(len(lines), sha256_of(corpus))
     return _Trimming(vocabulary, trimmed, record, lines)
 
 
@@ -245,8 +239,7 @@ def export_model(config: ExportConfig) -> Path:
         # untrimmed export); the trimmed artifact then on the corpus texts and the probes whose
         # pieces were all kept (texts outside the corpus may split otherwise, by design).
         probes = list(dict.fromkeys([*probes, *trimming.corpus[::max(1, len(trimming.corpus) // 32)][:32]]))
-        kept = set(trimming.covered(probes, hf_tokenizer))
-        covered = [i for i, text in enumerate(probes) if text in kept]
+        covered = trimming.covered(probes, hf_tokenizer)
         if not covered:
             raise ValueError(f"{config.keep_vocabulary}: no validation text is covered by the kept vocabulary")
     steps = 3 + len(spec.heads) + 2 * config.validate

@@ -53,6 +53,22 @@ class TrimmedVocabulary:
         """New ids of original ids (all of them must be kept)."""
         return np.searchsorted(self.kept, np.asarray(ids, dtype=np.int64)).tolist()
 
+    def alike(self, original: Tokenizer, trimmed: Tokenizer, texts: Sequence[str]) -> list[bool]:
+        """For each text, whether the trimmed tokenizer gives it its original ids, all kept and
+        renumbered. Texts are encoded a chunk at a time (again, not kept from an earlier pass), so
+        memory stays bounded by a chunk however large the corpus."""
+        out = []
+        for start in range(0, len(texts), _BATCH):
+            chunk = list(texts[start:start + _BATCH])
+            before = original.encode_batch(chunk, add_special_tokens=True)
+            after = trimmed.encode_batch(chunk, add_special_tokens=True)
+            for old, new in zip(before, after):
+                ids = np.asarray(old.ids, dtype=np.int64)
+                position = np.searchsorted(self.kept, ids)  # the new id, where the old one was kept
+                kept = self.kept[np.minimum(position, len(self.kept) - 1)] == ids
+                out.append(bool(kept.all()) and position.tolist() == new.ids)
+        return out
+
     def to_manifest(self, corpus_texts: int, corpus_sha256: str) -> dict[str, Any]:
         """What the manifest records: texts outside the corpus may tokenize into smaller pieces than
         the full vocabulary gives them."""
@@ -166,19 +182,12 @@ def trim(tokenizer_json: str, texts: Iterable[str], fixed_ids: Iterable[int] = (
     if trimmed.get("padding"):
         trimmed["padding"]["pad_id"] = new_id(trimmed["padding"]["pad_id"])
     result = TrimmedVocabulary(kept=kept, original_size=len(pieces), tokenizer_json=json.dumps(trimmed, ensure_ascii=False))
-    _check_same_ids(tokenizer, Tokenizer.from_str(result.tokenizer_json), result, texts)
+    alike = result.alike(tokenizer, Tokenizer.from_str(result.tokenizer_json), texts)
+    if not all(alike):
+        index = alike.index(False)
+        raise VocabularyError(f"the trimmed tokenizer splits corpus text {index + 1} ({texts[index][:60]!r}) "
+                              "differently from the full one")
     return result
-
-
-def _check_same_ids(original: Tokenizer, trimmed: Tokenizer, vocabulary: TrimmedVocabulary, texts: list[str]) -> None:
-    for start in range(0, len(texts), _BATCH):
-        chunk = texts[start:start + _BATCH]
-        before = original.encode_batch(chunk, add_special_tokens=True)
-        after = trimmed.encode_batch(chunk, add_special_tokens=True)
-        for offset, (old, new) in enumerate(zip(before, after)):
-            if vocabulary.remap(old.ids) != new.ids:
-                raise VocabularyError(f"the trimmed tokenizer splits corpus text {start + offset + 1} "
-                                      f"({chunk[offset][:60]!r}) differently from the full one")
 
 
 def trim_embedding_table(model, vocabulary: TrimmedVocabulary, ids: str = "input_ids") -> list[str]:
