@@ -33,20 +33,20 @@ from jobbert_onnx.runtime.files import write_atomically
 
 MODELS = {"minilm": ("all-MiniLM-L6-v2", real_models.minilm_path),
           "mpnet": ("all-mpnet-base-v2", real_models.mpnet_path)}
-# VmHWM, not getrusage: ru_maxrss survives exec, so a child of a big process reports the parent's peak.
 RSS_SCRIPT = """
-import re, sys
+import sys
+from bench.worker import peak_rss_mb
 from jobbert_onnx.runtime import Embedder
 embedder = Embedder(sys.argv[1])
 embedder.encode(sys.argv[2:])
-print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024)
+print(peak_rss_mb())
 """
 
 
 def peak_rss_mb(artifact: Path, titles: list[str]) -> float:
     """Peak RSS (MB) of a fresh process that loads `artifact` and embeds `titles`."""
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(artifact), *titles], capture_output=True,
-                         text=True, check=True, timeout=600)
+                         text=True, check=True, timeout=600, cwd=HERE.parent)
     return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
 

@@ -457,11 +457,8 @@ def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelPr
                                       domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=4))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [i for i in [*model.graph.initializer, *added] if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model
+    model.graph.initializer.extend(added)
+    return _drop_unused_initializers(model)
 
 
 SHIPPED = "+ Q, K and V as one MatMulIntegerToFloat and a Split (shipped)"
