@@ -73,13 +73,14 @@ def builtin_texts() -> list[str]:
     return titles + skill_lists
 
 
-def read_texts(path: Path) -> list[str]:
-    """Calibration texts from a UTF-8 file, one per line; blank lines are skipped."""
+def read_texts(path: Path, flag: str = "--calibration") -> list[str]:
+    """Texts from a UTF-8 file, one per line, stripped; blank lines are skipped. Errors name the
+    file as the value of `flag` (the export option that gave it)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"--calibration {path}: cannot read it as UTF-8 text ({exc}).") from exc
+        raise CheckpointError(f"{flag} {path}: cannot read it as UTF-8 text ({exc}).") from exc
     texts = [line.strip() for line in lines if line.strip()]
     if not texts:
-        raise CheckpointError(f"--calibration {path}: the file holds no text; give one text per line.")
+        raise CheckpointError(f"{flag} {path}: the file holds no text; give one text per line.")
     return texts

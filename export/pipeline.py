@@ -158,7 +158,7 @@ def _trim_vocabulary(corpus: Path, hf_tokenizer, spec: CheckpointSpec) -> _Trimm
 
     from .vocabulary import trim
 
-    lines = [text.strip() for text in read_texts(corpus)]
+    lines = read_texts(corpus, "--keep-vocabulary")
     # The runtime prepends a prompt to the text: a prompted text is tokenized as one string.
     texts = [*lines, *(prompt + line for prompt in spec.prompts.texts.values() for line in lines)]
     # Position ids of RoBERTa-like encoders are computed in the graph by comparing ids with the pad id.
