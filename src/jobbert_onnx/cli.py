@@ -1,6 +1,10 @@
 """The `jobbert-onnx` command: export, embed, embed-dataset, similarity, info, verify, serve.
 
-Errors print as one line on stderr with a non-zero exit; `--debug` shows the traceback.
+Errors print as one line on stderr with a non-zero exit; `--debug` shows the traceback. Before a
+command runs, on CPUs other than x86-64, a child process checks that onnxruntime runs here
+(`jobbert_onnx.cpu_probe`; `JOBBERT_ONNX_CPU_PROBE=auto|always|never`): a build that uses
+instructions the CPU lacks is an error line instead of "Illegal instruction". Nothing that this
+module imports at the top loads onnxruntime (or numpy).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from jobbert_onnx.artifact_summary import summary_lines
+from jobbert_onnx.cpu_probe import check_onnxruntime_runs, probe_wanted
 from jobbert_onnx.datasets.cli import add_parser as add_dataset_parser  # pyarrow loads only when it runs
 from jobbert_onnx.embed_files import embeddings_writer, read_texts, refuse_input_as_output
 from jobbert_onnx.export import defaults  # torch-free: the exporter's choices and defaults
@@ -195,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jobbert-onnx` console script."""
     args = build_parser().parse_args(argv)
     try:
+        if probe_wanted():
+            check_onnxruntime_runs()
         args.run(args)
     except (JobbertOnnxError, ValueError, TypeError, OSError) as exc:
         if args.debug:
