@@ -326,16 +326,16 @@ def transformer_fusions(artifacts: dict[str, Path], titles: list[str], work: Pat
 def _as_before(model: onnx.ModelProto) -> onnx.ModelProto:
     """The shipped int8 graph in the form it had before `MatMulIntegerToFloat`: each one as
     MatMulInteger -> Cast -> Mul(column scales) -> Mul(row scales), and each per-row
-    Reciprocal -> Mul as one full-tensor Div by the row scale. Same numbers, more nodes."""
+    inverse -> Mul as one full-tensor Div by the row scale. Same numbers, more nodes."""
     from onnx import TensorProto, helper
 
     producers = {out: node for node in model.graph.node for out in node.output}
     nodes = []
     for node in model.graph.node:
-        if node.op_type == "Reciprocal":
+        if node.output[0].endswith("_row_inverse"):
             continue
         if node.op_type == "Mul" and node.input[1].endswith("_row_inverse"):
-            scale = producers[node.input[1]].input[0]
+            scale = producers[node.input[1]].input[-1]  # Div(1, scale)
             nodes.append(helper.make_node("Div", [node.input[0], scale], list(node.output)))
         elif node.op_type == "MatMulIntegerToFloat":
             a, b, row_scale, column_scale, zero_point = node.input[:5]
@@ -461,7 +461,8 @@ def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelPr
     return _drop_unused_initializers(model)
 
 
-SHIPPED = "+ Q, K and V as one MatMulIntegerToFloat and a Split (shipped)"
+QKV_MERGED = "+ Q, K and V as one MatMulIntegerToFloat and a Split"
+SHIPPED = "+ attention rows padded to 16 keys, for ARM's kernels (shipped)"
 PEERS = "peers' int8: quantize_dynamic per-channel (fastembed, st-onnx)"
 FLOOR = "floor: the shipped graph's int8 matmuls alone, every other node removed (not a model)"
 
@@ -483,7 +484,8 @@ def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, wo
 
     fp32 = onnx.load(str(artifact / "encoder.onnx"))
     fused = fuse_encoder(copy(fp32), num_heads, hidden)[0]
-    unfused = Int8Options().apply(copy(fp32), feeds)[0]
+    unpadded = Int8Options(attention_row_multiple=None)
+    unfused = unpadded.apply(copy(fp32), feeds)[0]
     peers = work / f"{artifact.name}-quantize-dynamic.onnx"
     # sentence-transformers' avx512_vnni config, which fastembed's int8 in bench.peers uses too.
     quantize_dynamic(str(artifact / "encoder.onnx"), str(peers), weight_type=QuantType.QInt8, per_channel=True,
@@ -502,10 +504,13 @@ def _graph_variants(artifact: Path, feeds: list, num_heads: int, hidden: int, wo
         onnx.save(model, str(files[name]))
 
     save("before: MatMulInteger + Cast + 2 Mul, Div per element, unfused", _as_before(_siblings_apart(copy(unfused))))
-    save("MatMulIntegerToFloat, Reciprocal per row, unfused", _siblings_apart(unfused))
+    save("MatMulIntegerToFloat, one division per row, unfused", _siblings_apart(unfused))
     del unfused
+    merged = unpadded.apply(copy(fused), feeds)[0]
+    save("+ MultiHeadAttention, SkipLayerNormalization, BiasGelu", _siblings_apart(copy(merged)))
+    save(QKV_MERGED, merged)
+    del merged
     shipped = Int8Options().apply(copy(fused), feeds)[0]
-    save("+ MultiHeadAttention, SkipLayerNormalization, BiasGelu", _siblings_apart(copy(shipped)))
     save(SHIPPED, shipped)
     save(FLOOR, _matmuls_alone(shipped))
     del shipped

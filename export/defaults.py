@@ -13,3 +13,5 @@ MIN_OPSET = 17
 # Which tokenizer ships (export/tokenizer_choice.py; docs/artifact.md, "Which tokenizer the artifact ships").
 TOKENIZER_CHOICES = ("transformers", "checkpoint")
 DEFAULT_TOKENIZER = "transformers"
+# int8 attention rows are padded to a multiple of this many keys, for ARM (export/attention_rows.py).
+ATTENTION_ROW_MULTIPLE = 16

@@ -51,11 +51,14 @@ class ExportConfig:
     # "transformers": what AutoTokenizer builds (what sentence-transformers runs here);
     # "checkpoint": the checkpoint's tokenizer.json as is. See export/tokenizer_choice.py.
     tokenizer: str = DEFAULT_TOKENIZER
+    int8: Int8Options | None = None  # int8: the recipe, when not the default Int8Options()
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.int8 is not None and self.precision != "int8":
+            raise ValueError(f"an int8 recipe was given for precision {self.precision!r}")
         if self.opset < MIN_OPSET:
             raise ValueError(f"opset {self.opset}: must be {MIN_OPSET} or newer")
         if self.tokenizer not in TOKENIZER_CHOICES:
@@ -258,6 +261,7 @@ def export_model(config: ExportConfig) -> Path:
             stage = staging.artifact
             fp32 = _export_fp32(spec, hf_tokenizer.model_input_names, staging.scratch, config.opset, done)
             encoder_transform, head_transform = graph_transforms(config.precision)
+            encoder_transform = config.int8 or encoder_transform
             fusion = None
             if isinstance(encoder_transform, Int8Options):  # fewer nodes around the int8 matmuls
                 fusion = fuse_encoder_file(fp32.folder / graphs.ENCODER_FILE, spec.transformer.num_heads,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .defaults import PRECISIONS
+from .defaults import ATTENTION_ROW_MULTIPLE, PRECISIONS
 
 if TYPE_CHECKING:  # onnx is imported only where a transform runs
     from onnx import ModelProto
@@ -72,7 +72,9 @@ class Int8Options:
     "one-sided" ones (GELU outputs, by calibration), "all" or "none". Gather tables with at
     least `embedding_min_rows` rows (the vocabulary, not the position table) are stored as int8
     rows. MatMuls whose node names match a `keep_fp32_nodes` regex, or whose outputs are listed
-    in `fp32_matmuls` (a plan's fallbacks, `int8_plans.py`), stay fp32.
+    in `fp32_matmuls` (a plan's fallbacks, `int8_plans.py`), stay fp32. Attention rows are
+    padded to a multiple of `attention_row_multiple` keys (None: left alone), which keeps the
+    int8 graph batch invariant on ARM (`attention_rows.py`).
     """
 
     alpha: float | None = 0.5
@@ -81,6 +83,7 @@ class Int8Options:
     embedding_min_rows: int = 1024
     keep_fp32_nodes: tuple[str, ...] = ()
     fp32_matmuls: tuple[str, ...] = ()
+    attention_row_multiple: int | None = ATTENTION_ROW_MULTIPLE
 
     def quantized_matmuls(self, model: ModelProto) -> list[str]:
         """Output names of the MatMuls this plan quantizes."""
@@ -112,17 +115,19 @@ class Int8Options:
         """The int8 graph of `model` (edited in place), and what was done; `calibration` holds
         encoder feeds of real texts."""
         from . import int8
+        from .attention_rows import pad_attention_rows
 
         calibration = calibration if isinstance(calibration, Calibration) else Calibration(list(calibration))
         model, matmuls, asymmetric = self.prepared(model, calibration)
         int8.per_token_matmuls(model, matmuls, self.weight_bits, asymmetric)
         tables = int8.int8_embedding_tables(model, self.embedding_min_rows)
+        padded = (pad_attention_rows(model, self.attention_row_multiple) if self.attention_row_multiple else {})
         batches = len(calibration.feeds)
         return model, {"method": "SmoothQuant + per-token dynamic int8 MatMulIntegerToFloat (jobbert_onnx.export.int8)",
                 **asdict(self), "keep_fp32_nodes": list(self.keep_fp32_nodes),
                 "fp32_matmuls": list(self.fp32_matmuls), "int8_matmuls": len(matmuls),
                 "asymmetric_inputs": len(asymmetric),
-                "int8_embedding_tables": tables, "calibration_batches": batches}
+                "int8_embedding_tables": tables, "padded_attention": padded, "calibration_batches": batches}
 
 
 UNCHANGED = {"method": "none", "dtype": "float32"}

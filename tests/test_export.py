@@ -129,6 +129,8 @@ def test_precision_transforms_are_recorded(exported):
     assert "MatMulIntegerToFloat" in int8_ops  # one node per int8 matmul and its dequantization
     assert {"MultiHeadAttention", "SkipLayerNormalization"} <= int8_ops  # fused before quantizing (export/fusion.py)
     assert int8.encoder.transform["fusion"]["fused"] is True
+    # every attention reads keys padded to a multiple of 16, for ARM (export/attention_rows.py)
+    assert int8.encoder.transform["padded_attention"] == {"MultiHeadAttention": 2, "Softmax": 0}
     assert "DynamicQuantizeLinear" not in int8_ops  # per-tensor activation scales would break batch invariance
     def encoder_bytes(precision: str) -> int:
         return sum(f.stat().st_size for f in exported("jobbert_asym_model", precision).glob("encoder.onnx*"))
