@@ -33,7 +33,7 @@ demo: venv
 	$(VENV)/bin/jobbert-onnx similarity "$(ARTIFACT)" $(SEED_TITLES)
 
 test: venv
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -rs
 	PYTHON=$(PYTHON) EXPORT_PYTHON=$(VENV)/bin/python bash tests/check_runtime_only.sh
 
 # Leaves out the tests marked full (export stack) or slow (Ray clusters), and fails if torch,
