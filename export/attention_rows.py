@@ -2,20 +2,20 @@
 
 A title alone has rows of L keys in attention; the same title in a batch has rows of P > L keys,
 the extra ones masked, which the softmax turns into exact zeros. onnxruntime's x86 kernels give
-the two the same sums; its NEON `Softmax` and `MultiHeadAttention` do not: they sum a row in
-4-wide lanes plus a scalar tail, so the real keys are added in an order that depends on the
-row's length, and the result differs in the last bit. fp32 shrugs that off. int8 does not: one
-last-bit change flips the rounding of one element in the next per-token quantization, and the
-flips spread through the layers. all-mpnet-base-v2 at int8 came out at cosine 0.9995 alone
-against batched on an emulated Neoverse-N1 (`bench/results/arm64.md`).
+the two the same sums; its NEON `Softmax` and `MultiHeadAttention` do not: the real keys are
+summed in an order that depends on the row's length (as 4-wide vector lanes and a scalar tail
+would: rows padded to a multiple of 4 already agreed), and the result differs in the last bit.
+fp32 shrugs that off. int8 does not: one last-bit change flips the rounding of one element in
+the next per-token quantization, and the flips spread through the layers. all-mpnet-base-v2 at
+int8 came out at cosine 0.9995 alone against batched on an emulated Neoverse-N1
+(`bench/results/arm64.md`).
 
 With every attention row padded to a multiple of 16 keys (`defaults.ATTENTION_ROW_MULTIPLE`),
-the real keys sit in the same lanes whatever the batch, and what follows them adds exact zeros: the sums agree bit for
-bit (`tests/test_arm64.py` runs it on emulated Cortex-A72 and Neoverse-N1; multiples of 4 were
-already enough for onnxruntime 1.32's kernels, 16 leaves room for wider ones). The padding is
-exact: padded keys are masked (`MultiHeadAttention`) or get the lowest float before the
-`Softmax`, whose output is cut back to the row's own length. Its cost on x86 is in
-`bench/results/levers.md`.
+the real keys sit in the same lanes whatever the batch, and what follows them adds exact zeros:
+the sums agree bit for bit (`tests/test_arm64.py`, on emulated Cortex-A72 and Neoverse-N1; 16
+leaves room for wider kernels than onnxruntime 1.32's). The padding is exact: padded keys are
+masked (`MultiHeadAttention`) or get the lowest float before the `Softmax`, whose output is cut
+back to the row's own length. Its cost on x86 is in `bench/results/levers.md`.
 """
 
 from __future__ import annotations

@@ -264,8 +264,8 @@ def per_token_matmuls(model: onnx.ModelProto, matmuls: Sequence[str], weight_bit
             helper.make_node("Max", [f"{p}_max", tiny], [f"{p}_max_safe"]),  # an all-zero row
             helper.make_node("Mul", [f"{p}_max_safe", step[one_sided]], [f"{p}_row_scale"]),
             # One division per row, then a multiplication per element. A Div, not a Reciprocal:
-            # onnxruntime's NEON Reciprocal approximates in its vector lanes and divides in the
-            # tail, so a row's inverse would depend on its place in the batch on ARM.
+            # on ARM, onnxruntime's Reciprocal gave the same value a different inverse at another
+            # place in the tensor, so a row's numbers depended on its batch (export/attention_rows.py).
             helper.make_node("Div", [one, f"{p}_row_scale"], [f"{p}_row_inverse"]),
             helper.make_node("Mul", [x, f"{p}_row_inverse"], [f"{p}_steps"]),
         ]
