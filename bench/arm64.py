@@ -122,15 +122,15 @@ class Arm64Python:
             raise Arm64Unavailable(f"no python3.X in {self.root / 'usr/bin'}")
         return found[-1].removeprefix("python")
 
-    def run(self, cpu: str, args: list[str], translation_log: Path | None = None, timeout: float = 1800,
-            pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
+    def run(self, cpu: str, args: list[str], translation_log: Path | None = None,
+            timeout: float = 1800) -> subprocess.CompletedProcess:
         """Run the aarch64 python3 with `args` on the emulated `cpu` (a `CPU_MODELS` name);
         `translation_log` keeps qemu's log of the code it translated."""
         (self.root / "proc").mkdir(exist_ok=True)
         (self.root / "proc/cpuinfo").write_text(_cpuinfo(cpu))
         log = ["-d", "in_asm", "-D", str(translation_log)] if translation_log else []
         env = {**os.environ, "QEMU_CPU": cpu,
-               "PYTHONPATH": os.pathsep.join(map(str, [*pythonpath, self.package, self.site]))}
+               "PYTHONPATH": os.pathsep.join(map(str, [self.package, self.site]))}
         command = [QEMU, *log, "-L", str(self.root), str(self.root / "usr/bin/python3"), *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -167,7 +167,7 @@ def embed(env: Arm64Python, cpu: str, artifact: Path, titles: list[str], work: P
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{stem}: exit {done.returncode}: {(done.stderr or done.stdout)[-1500:]}")
-    result = {"seconds": round(seconds, 1), **{k: v for k, v in np.load(out).items()},
+    result = {"seconds": round(seconds, 1), **dict(np.load(out)),
               "report": json.loads(done.stdout.strip().splitlines()[-1])}
     if log is not None:
         result["dot_instructions"] = dot_instructions(log)
@@ -185,11 +185,7 @@ def embed_here(artifact: Path, titles: list[str], probes: int = PROBES, batch: i
 def _titles(data: Path, per_language: int) -> list[str]:
     from bench.workload import load_tasks
 
-    titles = []
-    for task in load_tasks(data):
-        texts = list(dict.fromkeys(t.strip() for t in [*task.queries.values(), *task.corpus.values()]))
-        titles += texts[:per_language]
-    return titles
+    return [title for task in load_tasks(data) for title in task.titles()[:per_language]]
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -50,10 +50,6 @@ def peak_rss_mb(artifact: Path, titles: list[str]) -> float:
     return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
 
-def _titles(task) -> list[str]:
-    return list(dict.fromkeys(t.strip() for t in [*task.queries.values(), *task.corpus.values()]))
-
-
 def measure_model(short: str, data: Path, precision: str, corpus_languages: tuple[str, ...], cache: Path,
                   work: Path) -> dict:
     """One model's full and trimmed artifacts, compared."""
@@ -63,7 +59,7 @@ def measure_model(short: str, data: Path, precision: str, corpus_languages: tupl
     tasks = load_tasks(data)
     corpus = work / f"{short}-corpus.txt"
     corpus.write_text("".join(f"{t}\n" for task in tasks if task.language in corpus_languages
-                              for t in _titles(task)), encoding="utf-8")
+                              for t in task.titles()), encoding="utf-8")
     full = prepare_artifacts(path(), cache, (precision,), name=short)[precision]
     start = time.perf_counter()
     trimmed = export_model(ExportConfig(model=str(path()), output=work / f"{short}-{precision}-trimmed",
@@ -74,7 +70,7 @@ def measure_model(short: str, data: Path, precision: str, corpus_languages: tupl
     embedders = {"full": Embedder(full), "trimmed": Embedder(trimmed)}
     languages = []
     for task in tasks:
-        titles = _titles(task)
+        titles = task.titles()
         index = {t: i for i, t in enumerate(titles)}
         vectors = {k: e.encode(titles) for k, e in embedders.items()}
         cosine = cosine_rows(vectors["full"], vectors["trimmed"])
@@ -84,7 +80,7 @@ def measure_model(short: str, data: Path, precision: str, corpus_languages: tupl
                           "identical_share": float(np.mean(cosine > 0.999999)),
                           "map_full": maps["full"], "map_trimmed": maps["trimmed"]})
         print(json.dumps({"model": short, **languages[-1]}), flush=True)
-    sample = _titles(tasks[0])[:32]
+    sample = tasks[0].titles()[:32]
     sizes = {k: {"artifact_mb": folder_mb(a), "encoder_mb": graph_mb(a, "encoder.onnx"),
                  "tokenizer_mb": round((a / "tokenizer.json").stat().st_size / 1e6, 1),
                  "peak_rss_mb": peak_rss_mb(a, sample)} for k, a in (("full", full), ("trimmed", trimmed))}

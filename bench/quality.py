@@ -180,7 +180,7 @@ def run_quality(
 
     titles = unique_titles(tasks)
     # unique_titles drops the empty title; a task may still hold one, so embed it too.
-    wanted = {t.strip() for task in tasks for t in (*task.queries.values(), *task.corpus.values())}
+    wanted = {t for task in tasks for t in task.titles()}
     titles += sorted(wanted - set(titles))
     index = {title: i for i, title in enumerate(titles)}
     log(f"{len(titles)} unique titles, {len(tasks)} languages, head {head!r}, model {source.path}")

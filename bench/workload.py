@@ -29,6 +29,10 @@ class RankingTask:
     corpus: dict[str, str]
     relevant: dict[str, set[str]] = field(default_factory=dict)
 
+    def titles(self) -> list[str]:
+        """Its distinct titles, stripped: the queries', then the corpus's, in file order."""
+        return list(dict.fromkeys(t.strip() for t in (*self.queries.values(), *self.corpus.values())))
+
 
 def _rows(path: Path, width: int) -> list[list[str]]:
     if not path.is_file():
@@ -61,7 +65,7 @@ def load_tasks(data: Path, languages: tuple[str, ...] = LANGUAGES) -> list[Ranki
 
 def unique_titles(tasks: list[RankingTask], seed: int = SEED) -> list[str]:
     """Every distinct title (queries and corpus, all languages), shuffled with a fixed seed."""
-    titles = sorted({t.strip() for task in tasks for t in (*task.queries.values(), *task.corpus.values())} - {""})
+    titles = sorted({t for task in tasks for t in task.titles()} - {""})
     random.Random(seed).shuffle(titles)
     return titles
 
