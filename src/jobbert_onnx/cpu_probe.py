@@ -144,8 +144,8 @@ def check_onnxruntime_runs(python: str = sys.executable, timeout: float = 60) ->
     """Check, in a child process `python -c ...`, that onnxruntime imports and runs a tiny fp32 and
     int8 model on this CPU with the CPU execution provider, and gives the right numbers.
 
-    Costs one Python start plus importing onnxruntime and numpy in it: 0.4 s on a 2-core x86-64
-    server (AMD EPYC, onnxruntime 1.32; not measured on ARM boards). For
+    Costs one Python start plus importing onnxruntime and numpy in it: median 0.3 s on a quiet
+    2-core x86-64 server (AMD EPYC, onnxruntime 1.32; not measured on ARM boards). For
     `python == sys.executable` the child imports with this process's `sys.path`, so it tests the
     onnxruntime that this process would import.
 
