@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import peers, report, roofline, speed_report
@@ -140,7 +141,8 @@ def test_peer_targets_compare_with_the_best_peer_of_the_run() -> None:
     assert not [t for t in speed_report.targets(result) if "peer" in t["target"]]  # a run without peers
     result["throughput"] |= {"onnx-int8": {"8": 35.0, "32": 130.0}, "st-onnx-int8": {"8": 30.0, "32": 100.0},
                              "fastembed-int8": {"8": 28.0, "32": 90.0}, "st-onnx-fp32": {"32": 50.0}}
-    result["latency_ms"] |= {"onnx-fp32": {"p50_ms": 11.0}, "st-onnx-int8": {"p50_ms": 8.0},
+    result["latency_ms"] |= {"onnx-int8": {"p50_ms": 5.0, "p99_ms": 8.0}, "onnx-fp32": {"p50_ms": 11.0},
+                             "st-onnx-int8": {"p50_ms": 8.0},
                              "fastembed-int8": {"p50_ms": 6.0}, "st-onnx-fp32": {"p50_ms": 10.0}}
     met = {t["target"]: t for t in speed_report.targets(result)}
     fastest = met["int8 throughput at batch 32 vs the best peer's int8 (st-onnx-int8)"]
@@ -148,3 +150,24 @@ def test_peer_targets_compare_with_the_best_peer_of_the_run() -> None:
     quickest = met["int8 p50 latency vs the best peer's int8 (fastembed-int8)"]
     assert quickest["measured"] == pytest.approx(5 / 6) and quickest["met"] is False
     assert met["fp32 p50 latency vs the best peer's fp32 (st-onnx-fp32)"]["met"] is False
+    tail = met["int8 p99 latency vs its p50"]
+    assert tail["measured"] == pytest.approx(1.6) and tail["met"] is False
+
+
+def test_table_forms_round_trip_within_half_a_step_and_count_their_bytes() -> None:
+    from bench.table_forms import TableForm
+
+    table = np.random.default_rng(1).standard_normal((40, 64)).astype(np.float32)
+    table[:, 3] *= 20  # an outlier column, as vocabulary tables have
+    rotation = np.linalg.qr(np.random.default_rng(2).standard_normal((64, 64)))[0].astype(np.float32)
+    for zero_point in (True, False):
+        form = TableForm("t", 4, 16, zero_point)
+        blocks = table.reshape(40, 4, 16)
+        span = (np.ptp(blocks, -1) / 15) if zero_point else (np.abs(blocks).max(-1) / 7)
+        error = np.abs(form.dequantized(table, rotation) - table).reshape(40, 4, 16).max(-1)
+        assert (error <= span / 2 + 1e-5).all() and error.max() > 0
+    rotated = TableForm("t", 8, 16, True, rotated=True).dequantized(table, rotation)
+    assert np.abs(rotated - table).max() < 0.05 * np.abs(table).max()
+    # 250,002 x 768 at 4 bits: 96.0 MB, fp16 scales per 32 weights 12.0 MB, 4-bit zero points 3.0 MB
+    assert TableForm("t", 4, 32, True).table_mb(250_002, 768) == pytest.approx(111.0, abs=0.01)
+    assert TableForm("t", 4, 32, False, rotated=True).table_mb(250_002, 768) == pytest.approx(108.0 + 768 * 768 * 4 / 1e6, abs=0.01)
