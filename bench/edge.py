@@ -2,10 +2,11 @@
 
 For each real model (all-MiniLM-L6-v2, all-mpnet-base-v2), the full artifact and one trimmed to
 the titles of the corpus languages (default: English) side by side: size, kept tokens, peak RSS
-of a process that loads the artifact and embeds 32 titles, and per language of the data the
-min and mean cosine of the trimmed artifact's embeddings against the full one's, and MAP.
-Languages in the corpus must come out identical; the others show what trimming costs a text
-the corpus did not cover.
+of a process that loads the artifact and embeds 32 titles, p50 of one title and titles/s at
+batch 32 (the two artifacts taking turns on 64 titles of each language), and per language of
+the data the min and mean cosine of the trimmed artifact's embeddings against the full one's,
+and MAP. Languages in the corpus must come out identical; the others show what trimming costs a
+text the corpus did not cover.
 
     python -m bench.edge --data ../shared/data/job-title-similarity
 """
@@ -25,7 +26,7 @@ import numpy as np
 from bench import real_models
 from bench.artifacts import HERE, folder_mb, graph_mb, prepare_artifacts
 from bench.machine import machine_info
-from bench.measure import cosine_rows
+from bench.measure import cosine_rows, p50_ms, rate
 from bench.quality import evaluate_task
 from bench.workload import DataError, load_tasks
 from jobbert_onnx.runtime import Embedder
@@ -33,6 +34,7 @@ from jobbert_onnx.runtime.files import write_atomically
 
 MODELS = {"minilm": ("all-MiniLM-L6-v2", real_models.minilm_path),
           "mpnet": ("all-mpnet-base-v2", real_models.mpnet_path)}
+SPEED_ROUNDS = 3
 RSS_SCRIPT = """
 import sys
 from bench.worker import peak_rss_mb
@@ -84,10 +86,26 @@ def measure_model(short: str, data: Path, precision: str, corpus_languages: tupl
     sizes = {k: {"artifact_mb": folder_mb(a), "encoder_mb": graph_mb(a, "encoder.onnx"),
                  "tokenizer_mb": round((a / "tokenizer.json").stat().st_size / 1e6, 1),
                  "peak_rss_mb": peak_rss_mb(a, sample)} for k, a in (("full", full), ("trimmed", trimmed))}
+    speed = _speed(embedders, tasks, SPEED_ROUNDS)
+    sizes = {k: v | speed[k] for k, v in sizes.items()}
     return {"model": name, "precision": precision, "corpus_languages": list(corpus_languages),
             "corpus_texts": record["corpus_texts"], "kept_tokens": record["kept_tokens"],
             "original_tokens": record["original_tokens"], "trimmed_export_s": round(export_s, 1),
             "sizes": sizes, "languages": languages}
+
+
+def _speed(embedders: dict[str, Embedder], tasks, rounds: int) -> dict[str, dict]:
+    """p50 of one title (corpus and other languages alike) and titles/s at batch 32, each artifact
+    in turn for `rounds` rounds in this process; medians."""
+    titles = [t for task in tasks for t in task.titles()[:64]]
+    p50s, rates = {k: [] for k in embedders}, {k: [] for k in embedders}
+    for _ in range(rounds):
+        for key, embedder in embedders.items():
+            def encode(texts, batch, embedder=embedder):
+                return embedder.encode(texts, batch_size=batch)
+            p50s[key].append(p50_ms(encode, titles, count=len(titles)))
+            rates[key].append(rate(encode, titles, 32, repeats=1))
+    return {k: {"p50_ms": float(np.median(p50s[k])), "titles_per_s_b32": float(np.median(rates[k]))} for k in embedders}
 
 
 def to_markdown(result: dict) -> str:
@@ -102,11 +120,12 @@ def to_markdown(result: dict) -> str:
         lines += [f"## {model['model']} ({model['precision']})", "",
                   f"Kept {model['kept_tokens']:,} of {model['original_tokens']:,} tokens for {model['corpus_texts']:,} "
                   f"corpus titles (trimmed export: {model['trimmed_export_s']:.0f} s).", "",
-                  "| artifact | artifact MB | encoder MB | tokenizer.json MB | peak RSS MB (load + 32 titles) |",
-                  "|---|---|---|---|---|",
-                  f"| full | {full['artifact_mb']} | {full['encoder_mb']} | {full['tokenizer_mb']} | {full['peak_rss_mb']} |",
-                  f"| trimmed | {trimmed['artifact_mb']} | {trimmed['encoder_mb']} | {trimmed['tokenizer_mb']} | "
-                  f"{trimmed['peak_rss_mb']} |", "",
+                  "| artifact | artifact MB | encoder MB | tokenizer.json MB | peak RSS MB (load + 32 titles) "
+                  "| p50 ms, 1 title | titles/s at 32 |",
+                  "|---|---|---|---|---|---|---|",
+                  *(f"| {k} | {v['artifact_mb']} | {v['encoder_mb']} | {v['tokenizer_mb']} | {v['peak_rss_mb']} | "
+                    f"{v['p50_ms']:.1f} | {v['titles_per_s_b32']:.1f} |" for k, v in (("full", full), ("trimmed", trimmed))),
+                  "",
                   "| language | in corpus | titles | min cosine | mean cosine | identical | MAP full | MAP trimmed |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['language']} | {'yes' if r['in_corpus'] else 'no'} | {r['titles']:,} | {r['min_cosine']:.5f} | "
