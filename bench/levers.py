@@ -31,7 +31,7 @@ from bench.measure import cosine_rows, p50_ms, rate
 from bench.artifacts import HERE, prepare_artifacts
 from jobbert_onnx.runtime.files import write_atomically
 from bench.reference_model import XLMR_BASE, build_reference_model
-from bench.workload import DataError, load_tasks, skill_lists, unique_titles
+from bench.workload import DataError, full_length_texts, load_tasks, skill_lists, unique_titles
 from jobbert_onnx.runtime.manifest import Manifest
 from jobbert_onnx.runtime.tokenization import TextTokenizer
 
@@ -561,10 +561,8 @@ def int8_graph(ref: Path, mpnet: Path, titles: list[str], work: Path, repeats: i
     """Each change to the int8 encoder graph: nodes, one-title latency (graphs taking turns on
     every title), batch-32 throughput, and fidelity on real all-mpnet-base-v2 weights against its
     fp32 encoder, on titles and on texts cut at its 384-token window."""
-    from jobbert_onnx.export.probes import FULL_LENGTH
-
     sample = titles[:512]
-    long_texts = [*FULL_LENGTH, *(" ".join(titles[i:i + 150]) for i in range(3000, 4500, 150))]
+    long_texts = full_length_texts(titles)
     rows: dict[str, dict] = {}
     # Fidelity on real weights first; MPNet's graphs are dropped before the timing.
     fp32_runner = EncoderRunner(mpnet, mpnet / "encoder.onnx")

@@ -29,7 +29,7 @@ from bench.artifacts import HERE, folder_mb, prepare_artifacts
 from bench.levers import EncoderRunner
 from bench.machine import machine_info
 from bench.real_models import minilm_path, mpnet_path
-from bench.workload import DataError, load_tasks, unique_titles
+from bench.workload import DataError, full_length_texts, load_tasks, unique_titles
 from jobbert_onnx.runtime.files import write_atomically
 from jobbert_onnx.runtime.vectors import cosine_rows
 
@@ -183,11 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from jobbert_onnx.export.probes import FULL_LENGTH
-
     titles = all_titles[:args.titles]
-    # The probes' full-length texts, and runs of 150 titles (past every window), as bench.levers uses.
-    long_texts = [*FULL_LENGTH, *(" ".join(all_titles[i:i + 150]) for i in range(3000, 4500, 150))]
+    long_texts = full_length_texts(all_titles)
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
               "titles": len(titles), "long_texts": len(long_texts),
               "models": {short: measure_model(short, titles, long_texts, args.cache) for short in MODELS},

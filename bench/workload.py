@@ -70,6 +70,14 @@ def unique_titles(tasks: list[RankingTask], seed: int = SEED) -> list[str]:
     return titles
 
 
+def full_length_texts(titles: list[str]) -> list[str]:
+    """The export probes' full-length texts and ten runs of 150 of `titles` (from the 3,000th on):
+    every one is cut at any model's window, where int8 error is largest."""
+    from jobbert_onnx.export.probes import FULL_LENGTH
+
+    return [*FULL_LENGTH, *(" ".join(titles[i:i + 150]) for i in range(3000, 4500, 150))]
+
+
 def skill_lists(titles: list[str], count: int, min_chars: int = 600, seed: int = SEED) -> list[str]:
     """`count` comma-separated lists of titles, each long enough to pass the 64-token limit.
 
