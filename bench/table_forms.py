@@ -2,7 +2,8 @@
 
 The edge issue asks for a compact JobBERT-v3-sized artifact (<= 150 MB) that keeps min cosine
 >= 0.99 on real weights. The layers are 85 MB at int8, so the 250,002 x 768 table would have to
-fit in about 60 MB: under 2.5 bits per weight. This measures what block-quantized tables (the forms
+fit in what is left (the report computes it from the artifact: 56 MB, 2.3 bits per weight, in the
+run of bench/results/table_forms.md). This measures what block-quantized tables (the forms
 onnxruntime's `GatherBlockQuantized` reads: 2, 4 or 8 bits, blocks of 16 or more along a row, a
 scale and optionally a zero point per block) cost in fidelity, inside the shipped int8 graph of real
 all-MiniLM-L6-v2 and all-mpnet-base-v2, against each model's fp32 encoder.
