@@ -40,10 +40,16 @@ def _layer_graph(shapes: list[tuple[int, int]], precision: str) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def matmul_rate(precision: str, rows: int, hidden: int = 768, ffn: int = 3072, seconds: float = 2.0,
-                threads: int | None = None) -> float:
-    """Best-of-runs operations per second (2 per multiply-add) of one layer's matmuls on `rows` tokens."""
-    shapes = layer_shapes(hidden, ffn)
+def layer_ops(rows: int, hidden: int = 768, ffn: int = 3072) -> int:
+    """Operations (2 per multiply-add) of one layer's weight matmuls on `rows` tokens."""
+    return 2 * rows * sum(k * n for k, n in layer_shapes(hidden, ffn))
+
+
+def layer_matmul_times(precision: str, rows: int, hidden: int = 768, ffn: int = 3072, seconds: float = 2.0,
+                       threads: int | None = None, layers: int = 1) -> list[float]:
+    """Seconds of each run, over `seconds`, of `layers` layers' matmuls (each with its own weights)
+    on `rows` tokens, after one warm-up run."""
+    shapes = layer_shapes(hidden, ffn) * layers
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -52,14 +58,19 @@ def matmul_rate(precision: str, rows: int, hidden: int = 768, ffn: int = 3072, s
     feed = {f"x{i}": (rng.normal(size=(rows, k)).astype(np.float32) if precision == "fp32"
                       else rng.integers(0, 256, size=(rows, k)).astype(np.uint8))
             for i, (k, _) in enumerate(shapes)}
-    ops = 2 * rows * sum(k * n for k, n in shapes)
     session.run(None, feed)
-    best, deadline = float("inf"), time.perf_counter() + seconds
+    times, deadline = [], time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         session.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return ops / best
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_rate(precision: str, rows: int, hidden: int = 768, ffn: int = 3072, seconds: float = 2.0,
+                threads: int | None = None) -> float:
+    """Best-of-runs operations per second (2 per multiply-add) of one layer's matmuls on `rows` tokens."""
+    return layer_ops(rows, hidden, ffn) / min(layer_matmul_times(precision, rows, hidden, ffn, seconds, threads))
 
 
 def encoder_ops_per_token(layers: int, hidden: int, ffn: int, sequence: float) -> float:

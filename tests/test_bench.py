@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from bench import peers, report, roofline, speed_report
@@ -50,6 +51,16 @@ def test_padded_tokens_follow_token_sorted_batches() -> None:
     tokens, sequence = roofline.padded_tokens(lengths, 2)
     assert tokens == 2 * 5 + 2 * 3  # (5, 4) padded to 5, (3, 2) padded to 3
     assert sequence == pytest.approx((2 * 25 + 2 * 9) / 16)
+
+
+def test_layer_matmul_times_run_every_layer_with_its_own_weights() -> None:
+    # 2 layers of a tiny encoder: 12 matmuls, 2 x (4 x 8 x 8 + 2 x 8 x 16) multiply-adds per row
+    assert roofline.layer_ops(3, hidden=8, ffn=16) == 2 * 3 * (4 * 64 + 2 * 128)
+    graph = onnx.load_from_string(roofline._layer_graph(roofline.layer_shapes(8, 16) * 2, "int8"))
+    weights = [i for i in graph.graph.initializer if i.name != "zp"]
+    assert len(graph.graph.node) == 12 and len({i.name for i in weights}) == 12
+    times = roofline.layer_matmul_times("int8", 3, hidden=8, ffn=16, seconds=0.05, threads=1, layers=2)
+    assert times and all(t > 0 for t in times)
 
 
 def _result(seed: float, int8_b8: float) -> dict:
