@@ -625,22 +625,23 @@ def kernel_rates(ref: Path, titles: list[str], seconds: float = 3.0) -> dict:
     """onnxruntime's matmul rate on the encoder's weights at a title's rows, against larger batches,
     with 1 and 2 threads: one layer run again and again (its weights stay in cache) and all the
     layers, each with its own weights (streamed from memory, as in the encoder). How far a faster
-    int8 kernel could take one-title latency."""
-    from bench.roofline import layer_matmul_times, layer_ops
+    int8 kernel could take one-title latency, and whether 4-bit weights, half the bytes, run faster."""
+    from bench.roofline import layer_matmul_times, layer_ops, layer_weight_bytes
 
     tokenizer = EncoderRunner(ref, ref / "encoder.onnx").tokenizer
     lengths = [int(tokenizer([t])["attention_mask"].sum()) for t in titles[:300]]
     title_rows = int(np.median(lengths))
     hidden, ffn, depth = XLMR_BASE["hidden_size"], XLMR_BASE["intermediate_size"], XLMR_BASE["num_hidden_layers"]
     rows = []
-    for precision in ("int8", "fp32"):
+    for precision in ("int8", "int4", "fp32"):
+        weights_mb = depth * layer_weight_bytes(precision, hidden, ffn) / 1e6
         for layers in (1, depth):
             for threads in (1, 2):
                 for tokens in (1, title_rows, 32):
                     times = layer_matmul_times(precision, tokens, hidden, ffn, seconds, threads, layers)
                     ops = layer_ops(tokens, hidden, ffn) * layers
                     scale = depth / layers * 1000  # the encoder's matmuls, in ms
-                    rows.append({"precision": precision,
+                    rows.append({"precision": precision, "encoder_weights_mb": weights_mb,
                                  "weights": "one layer (in cache)" if layers == 1 else f"{layers} layers (streamed)",
                                  "threads": threads, "rows": tokens, "best_gop_s": ops / min(times) / 1e9,
                                  "median_gop_s": ops / float(np.median(times)) / 1e9,
@@ -734,20 +735,24 @@ def _kernel_rates_markdown(result: dict, where: list[str]) -> list[str]:
     rows = section["rows"]
     lines = [f"### the matmul kernel at a title's rows (the encoder's weight matmuls alone, JobBERT-v3 shapes; "
              f"{section['title_rows']} rows = the median title's tokens)", "", *where]
-    lines += _table(rows, ["precision", "weights", "threads", "rows", "best_gop_s", "median_gop_s", "encoder_matmuls_ms_best",
-                           "encoder_matmuls_ms_median"])
+    lines += _table(rows, ["precision", "encoder_weights_mb", "weights", "threads", "rows", "best_gop_s",
+                           "median_gop_s", "encoder_matmuls_ms_best", "encoder_matmuls_ms_median"])
     graph = {row["variant"]: row for row in result.get("int8_graph", {}).get("variants", [])}
-    title = next(r for r in rows if r["precision"] == "int8" and r["threads"] == 2 and r["rows"] == section["title_rows"]
-                 and "streamed" in r["weights"])
+    title, int4 = (next(r for r in rows if r["precision"] == precision and r["threads"] == 2
+                        and r["rows"] == section["title_rows"] and "streamed" in r["weights"]) for precision in ("int8", "int4"))
     notes = ["", "encoder_matmuls_ms: the twelve layers' matmuls for one batch of `rows` tokens (from one layer's time "
-             "times twelve where the weights stay in cache). MatMulInteger, the kernel that the shipped graph's "
-             "MatMulIntegerToFloat calls; spinning on, as the runtime runs."]
+             "times twelve where the weights stay in cache). int8: MatMulInteger, the kernel that the shipped graph's "
+             "MatMulIntegerToFloat calls; int4: MatMulNBits, 4-bit blocks of 32 with int8 compute, the form a mixed "
+             "4/8-bit plan would use; spinning on, as the runtime runs."]
     if PEERS in graph and SHIPPED in graph:
         target = 0.6 * graph[PEERS]["p50_ms"]
         notes.append(f"Issue 16's target, 0.6x the peers' int8 p50 in the change-by-change run above, is {target:.1f} ms; "
                      f"the shipped graph's p50 there was {graph[SHIPPED]['p50_ms']:.1f} ms. The int8 kernel alone takes "
                      f"{title['encoder_matmuls_ms_best']:.1f} ms (best run) to {title['encoder_matmuls_ms_median']:.1f} ms "
                      "(median) of it on this CPU with its weights streamed, before attention, norms, GELU and quantization.")
+    notes.append(f"4-bit weights ({int4['encoder_weights_mb']:.0f} MB against {title['encoder_weights_mb']:.0f} MB) take "
+                 f"{int4['encoder_matmuls_ms_median']:.1f} ms at the median against int8's "
+                 f"{title['encoder_matmuls_ms_median']:.1f} ms for the same title.")
     return lines + notes + [""]
 
 

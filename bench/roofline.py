@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -20,7 +21,13 @@ def layer_shapes(hidden: int, ffn: int) -> list[tuple[int, int]]:
     return [(hidden, hidden)] * 4 + [(hidden, ffn), (ffn, hidden)]
 
 
+INT4_BLOCK = 32
+
+
 def _layer_graph(shapes: list[tuple[int, int]], precision: str) -> bytes:
+    """Independent matmuls of `shapes`: fp32 `MatMul`; int8 uint8 x 7-bit `MatMulInteger`, as the
+    int8 artifacts; int4 com.microsoft `MatMulNBits` (4-bit blocks of 32 along K, activations
+    quantized to int8 per block inside the kernel), the sub-8-bit form onnxruntime runs on CPUs."""
     rng = np.random.default_rng(0)
     nodes, inits, inputs, outputs = [], [], [], []
     for i, (k, n) in enumerate(shapes):
@@ -29,15 +36,30 @@ def _layer_graph(shapes: list[tuple[int, int]], precision: str) -> bytes:
             inits.append(numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32), f"w{i}"))
             nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
             outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", n]))
+        elif precision == "int4":
+            inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["rows", k]))
+            codes = rng.integers(0, 16, size=(n, k // INT4_BLOCK, INT4_BLOCK)).astype(np.uint8)
+            inits += [numpy_helper.from_array(codes[..., 0::2] | (codes[..., 1::2] << 4), f"w{i}"),
+                      numpy_helper.from_array(rng.uniform(0.01, 0.02, n * k // INT4_BLOCK).astype(np.float32), f"s{i}")]
+            nodes.append(helper.make_node("MatMulNBits", [f"x{i}", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
+                                          K=k, N=n, bits=4, block_size=INT4_BLOCK, accuracy_level=4))
+            outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", n]))
         else:
             inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.UINT8, ["rows", k]))
             inits.append(numpy_helper.from_array(rng.integers(-63, 64, size=(k, n)).astype(np.int8), f"w{i}"))
             nodes.append(helper.make_node("MatMulInteger", [f"x{i}", f"w{i}", "zp"], [f"y{i}"]))
             outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.INT32, ["rows", n]))
-    if precision != "fp32":
+    if precision == "int8":
         inits.append(numpy_helper.from_array(np.array(128, np.uint8), "zp"))
     graph = helper.make_graph(nodes, "layer", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if precision == "int4" else [])
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def layer_weight_bytes(precision: str, hidden: int = 768, ffn: int = 3072) -> int:
+    """Bytes of one layer's matmul weights (and scales) as `precision` stores them."""
+    graph = onnx.load_from_string(_layer_graph(layer_shapes(hidden, ffn), precision)).graph
+    return sum(numpy_helper.to_array(i).nbytes for i in graph.initializer if i.name != "zp")
 
 
 def layer_ops(rows: int, hidden: int = 768, ffn: int = 3072) -> int:
@@ -55,8 +77,8 @@ def layer_matmul_times(precision: str, rows: int, hidden: int = 768, ffn: int = 
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(_layer_graph(shapes, precision), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    feed = {f"x{i}": (rng.normal(size=(rows, k)).astype(np.float32) if precision == "fp32"
-                      else rng.integers(0, 256, size=(rows, k)).astype(np.uint8))
+    feed = {f"x{i}": (rng.integers(0, 256, size=(rows, k)).astype(np.uint8) if precision == "int8"
+                      else rng.normal(size=(rows, k)).astype(np.float32))
             for i, (k, _) in enumerate(shapes)}
     session.run(None, feed)
     times, deadline = [], time.perf_counter() + seconds

@@ -63,6 +63,23 @@ def test_layer_matmul_times_run_every_layer_with_its_own_weights() -> None:
     assert times and all(t > 0 for t in times)
 
 
+def test_int4_layer_graph_computes_its_blocks() -> None:
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    # One layer of a tiny encoder as MatMulNBits: the output is x @ (scale x (code - 8)) per block of 32 along K.
+    graph = roofline._layer_graph([(64, 8)], "int4")
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(graph).graph.initializer}
+    packed, scales = weights["w0"], weights["s0"].reshape(8, 2)
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(8, 2, 32).astype(np.float32)
+    dense = ((codes - 8) * scales[..., None]).reshape(8, 64).T
+    x = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    y = ort.InferenceSession(graph, providers=["CPUExecutionProvider"]).run(None, {"x0": x})[0]
+    assert np.allclose(y, x @ dense, rtol=0.02, atol=0.02 * np.abs(x @ dense).max())
+    assert roofline.layer_weight_bytes("int4", 64, 128) == (4 * 64 * 64 + 2 * 64 * 128) * (0.5 + 4 / 32)
+    assert roofline.layer_weight_bytes("int8", 64, 128) == 4 * 64 * 64 + 2 * 64 * 128
+
+
 def _result(seed: float, int8_b8: float) -> dict:
     rates = {"8": seed, "32": seed * 1.2, "128": seed}
     return {
