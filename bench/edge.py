@@ -26,11 +26,10 @@ import numpy as np
 from bench import real_models
 from bench.artifacts import HERE, folder_mb, graph_mb, prepare_artifacts
 from bench.machine import machine_info
-from bench.measure import cosine_rows, p50_ms, rate
+from bench.measure import cosine_rows, p50_ms, rate, write_results
 from bench.quality import evaluate_task
 from bench.workload import DataError, load_tasks
 from jobbert_onnx.runtime import Embedder
-from jobbert_onnx.runtime.files import write_atomically
 
 MODELS = {"minilm": ("all-MiniLM-L6-v2", real_models.minilm_path),
           "mpnet": ("all-mpnet-base-v2", real_models.mpnet_path)}
@@ -161,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                   for m in args.models]
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "precision": args.precision,
               "corpus_languages": args.corpus_languages, "models": models}
-    write_atomically(args.results / "edge.json", json.dumps(result, indent=2) + "\n")
-    write_atomically(args.results / "edge.md", to_markdown(result) + "\n")
-    print(to_markdown(result))
+    markdown = to_markdown(result)
+    write_results(args.results, "edge", result, markdown + "\n")
+    print(markdown)
     return 0
 
 

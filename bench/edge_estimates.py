@@ -516,7 +516,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobbert_onnx.runtime.files import write_atomically
+    from bench.measure import write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="the job-title-similarity folder (token counts; else assumed)")
@@ -531,8 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = build(anchor, tokens)
     markdown = to_markdown(result)
-    write_atomically(args.results / "edge_estimates.json", json.dumps(result, indent=2) + "\n")
-    write_atomically(args.results / "edge_estimates.md", markdown)
+    write_results(args.results, "edge_estimates", result, markdown)
     print(markdown)
     return 0
 

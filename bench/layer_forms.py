@@ -37,9 +37,9 @@ import numpy as np
 
 from bench.artifacts import HERE, prepare_artifacts
 from bench.machine import machine_info
+from bench.measure import write_results
 from bench.real_models import minilm_path, mpnet_path
 from bench.workload import DataError, full_length_texts, load_tasks, unique_titles
-from jobbert_onnx.runtime.files import write_atomically
 from jobbert_onnx.runtime.vectors import cosine_rows
 
 MODELS = {"minilm": minilm_path, "mpnet": mpnet_path}
@@ -419,9 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "layer_mb": form.layer_mb()} for form in FORMS},
               "budget": layer_budget(json.loads(table_forms.read_text()), int8_layers_mb(args.cache, all_titles))}
     result["seconds"] = time.perf_counter() - start
-    write_atomically(args.results / "layer_forms.json", json.dumps(result, indent=2) + "\n")
-    write_atomically(args.results / "layer_forms.md", to_markdown(result))
-    print(to_markdown(result))
+    markdown = to_markdown(result)
+    write_results(args.results, "layer_forms", result, markdown)
+    print(markdown)
     return 0
 
 

@@ -28,9 +28,8 @@ import onnx
 import onnxruntime as ort
 
 from bench.machine import machine_info
-from bench.measure import cosine_rows, p50_ms, rate
+from bench.measure import cosine_rows, p50_ms, rate, write_results
 from bench.artifacts import HERE, prepare_artifacts
-from jobbert_onnx.runtime.files import write_atomically
 from bench.reference_model import XLMR_BASE, build_reference_model
 from bench.workload import DataError, full_length_texts, load_tasks, skill_lists, unique_titles
 from jobbert_onnx.runtime.manifest import Manifest
@@ -442,8 +441,7 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelProto:
     """Every constant-weight MatMul as com.microsoft MatMulNBits (symmetric blocks along K,
     accuracy_level 4: activations quantized to int8 per block inside the kernel)."""
-    from onnx import helper, numpy_helper
-
+    from bench.roofline import matmul_nbits
     from jobbert_onnx.export import int8
 
     initializers = {i.name: i for i in model.graph.initializer}
@@ -458,12 +456,9 @@ def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int) -> onnx.ModelPr
         blocks = weight.T.reshape(n, k // block, block)
         scale = np.maximum(np.abs(blocks).max(axis=2), 1e-12) / (2 ** (bits - 1) - 1)
         q = (np.clip(np.round(blocks / scale[..., None]), -2 ** (bits - 1), 2 ** (bits - 1) - 1) + 2 ** (bits - 1)).astype(np.uint8)
-        if bits == 4:
-            q = q[..., 0::2] | (q[..., 1::2] << 4)
-        p = node.output[0]
-        added += [numpy_helper.from_array(q, f"{p}_nbits"), numpy_helper.from_array(scale.astype(np.float32).ravel(), f"{p}_nbits_scale")]
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{p}_nbits", f"{p}_nbits_scale"], list(node.output),
-                                      domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=4))
+        nbits, weights = matmul_nbits(node.input[0], node.output[0], node.output[0], q, scale, bits)
+        nodes.append(nbits)
+        added += weights
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(added)
@@ -834,9 +829,9 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("measured", {})[name] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                                    "machine": machine_info()}
     shutil.rmtree(work, ignore_errors=True)
-    write_atomically(args.results / "levers.json", json.dumps(result, indent=2) + "\n")
-    write_atomically(args.results / "levers.md", to_markdown(result))
-    print(to_markdown(result))
+    markdown = to_markdown(result)
+    write_results(args.results, "levers", result, markdown)
+    print(markdown)
     return 0
 
 

@@ -1,13 +1,15 @@
-"""Timing and cosine helpers shared by the benchmark scripts."""
+"""Timing and cosine helpers shared by the benchmark scripts, and how they write their results."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from jobbert_onnx.runtime.files import write_atomically
 from jobbert_onnx.runtime.vectors import cosine_rows
 
 Encode = Callable[[list[str], int], object]
@@ -53,3 +55,9 @@ def batch_invariance(artifact: Path, titles: list[str], count: int = 100) -> flo
     alone = embedder.encode(probes, batch_size=1)
     batched = np.concatenate([embedder.encode([*longest, t], batch_size=32)[-1:] for t in probes])
     return float(cosine_rows(alone, batched).min())
+
+
+def write_results(folder: Path, name: str, result: dict, markdown: str) -> None:
+    """`result` as `name`.json and its report as `name`.md in `folder`, each written whole or not at all."""
+    write_atomically(folder / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_atomically(folder / f"{name}.md", markdown)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import onnxruntime as ort
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -22,6 +22,20 @@ def layer_shapes(hidden: int, ffn: int) -> list[tuple[int, int]]:
 
 
 INT4_BLOCK = 32
+
+
+def matmul_nbits(x: str, y: str, name: str, codes: np.ndarray, scales: np.ndarray,
+                 bits: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """A com.microsoft `MatMulNBits` node y = x @ W and its initializers, from W's unsigned codes
+    [N, K / block, block] (zero point 2^(bits-1), packed two to a byte at 4 bits) and one scale per
+    block [N, K / block]. accuracy_level 4: activations quantized to int8 per block inside the kernel."""
+    n, blocks, block = codes.shape
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4) if bits == 4 else codes
+    weights = [numpy_helper.from_array(packed, f"{name}_nbits"),
+               numpy_helper.from_array(scales.astype(np.float32).ravel(), f"{name}_nbits_scale")]
+    node = helper.make_node("MatMulNBits", [x, f"{name}_nbits", f"{name}_nbits_scale"], [y], domain="com.microsoft",
+                            K=blocks * block, N=n, bits=bits, block_size=block, accuracy_level=4)
+    return node, weights
 
 
 def _layer_graph(shapes: list[tuple[int, int]], precision: str) -> bytes:
@@ -39,10 +53,10 @@ def _layer_graph(shapes: list[tuple[int, int]], precision: str) -> bytes:
         elif precision == "int4":
             inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["rows", k]))
             codes = rng.integers(0, 16, size=(n, k // INT4_BLOCK, INT4_BLOCK)).astype(np.uint8)
-            inits += [numpy_helper.from_array(codes[..., 0::2] | (codes[..., 1::2] << 4), f"w{i}"),
-                      numpy_helper.from_array(rng.uniform(0.01, 0.02, n * k // INT4_BLOCK).astype(np.float32), f"s{i}")]
-            nodes.append(helper.make_node("MatMulNBits", [f"x{i}", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
-                                          K=k, N=n, bits=4, block_size=INT4_BLOCK, accuracy_level=4))
+            node, weights = matmul_nbits(f"x{i}", f"y{i}", f"w{i}", codes,
+                                         rng.uniform(0.01, 0.02, (n, k // INT4_BLOCK)), bits=4)
+            nodes.append(node)
+            inits += weights
             outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", n]))
         else:
             inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.UINT8, ["rows", k]))

@@ -36,7 +36,7 @@ from bench import peers as peer_setup
 from bench import roofline
 from bench.artifacts import HERE, folder_mb, graph_mb, prepare_artifacts
 from bench.machine import machine_info
-from bench.measure import batch_invariance, cosine_rows, invariance_context
+from bench.measure import batch_invariance, cosine_rows, invariance_context, write_results
 from bench.reference_model import XLMR_BASE, build_reference_model
 from bench.worker import Worker
 from bench.speed_report import SEED_BATCH, peers_markdown, plot, targets, to_markdown
@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result["targets"] = targets(result)
     markdown = to_markdown(result)
-    write_atomically(args.results / "speed.json", json.dumps(result, indent=2) + "\n")
-    write_atomically(args.results / "speed.md", markdown)
+    write_results(args.results, "speed", result, markdown)
     peers = peers_markdown(result)
     if peers:
         write_atomically(args.results / "peers.md", peers)

@@ -29,9 +29,9 @@ import numpy as np
 from bench.artifacts import HERE, folder_mb, prepare_artifacts
 from bench.levers import EncoderRunner
 from bench.machine import machine_info
+from bench.measure import write_results
 from bench.real_models import minilm_path, mpnet_path
 from bench.workload import DataError, full_length_texts, load_tasks, unique_titles
-from jobbert_onnx.runtime.files import write_atomically
 from jobbert_onnx.runtime.vectors import cosine_rows
 
 MODELS = {"minilm": minilm_path, "mpnet": mpnet_path}
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
               "titles": len(titles), "long_texts": len(long_texts),
               "models": {short: measure_model(short, titles, long_texts, args.cache) for short in MODELS},
               "jobbert": jobbert_sizes(args.cache, all_titles)}
-    write_atomically(args.results / "table_forms.json", json.dumps(result, indent=2) + "\n")
-    write_atomically(args.results / "table_forms.md", to_markdown(result))
-    print(to_markdown(result))
+    markdown = to_markdown(result)
+    write_results(args.results, "table_forms", result, markdown)
+    print(markdown)
     return 0
 
 

@@ -70,7 +70,7 @@ def test_int4_layer_graph_computes_its_blocks() -> None:
     # One layer of a tiny encoder as MatMulNBits: the output is x @ (scale x (code - 8)) per block of 32 along K.
     graph = roofline._layer_graph([(64, 8)], "int4")
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(graph).graph.initializer}
-    packed, scales = weights["w0"], weights["s0"].reshape(8, 2)
+    packed, scales = weights["w0_nbits"], weights["w0_nbits_scale"].reshape(8, 2)
     codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(8, 2, 32).astype(np.float32)
     dense = ((codes - 8) * scales[..., None]).reshape(8, 64).T
     x = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
